@@ -1,0 +1,240 @@
+"""One typed config for the whole run: YAML file + `key=value` overrides, validated at start.
+
+Overrides use dotted paths into the sections below, e.g.
+    python train.py --config configs/default.yaml optim.lr=1e-5 rollout.temperature=0.7
+A leading `--` is accepted too (`--optim.lr=1e-5`). Values are parsed as YAML scalars, so `true`,
+`3`, `1e-5`, `null` and `[1, 2]` mean what they look like.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem found before any work starts; the message names the key."""
+
+
+@dataclass
+class RolloutConfig:
+    temperature: float = 1.0  # sampling temperature; log-probs and entropy use the same scaling
+    top_p: float = 1.0  # nucleus sampling; 1.0 = the full distribution (the policy being trained)
+    max_new_tokens: int = 48  # response length limit; longer responses are truncated and flagged
+    max_prompt_tokens: int = 96  # prompts longer than this are rejected at start (see data.too_long)
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2  # PPO clip below: ratio >= 1 - eps_low
+    eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (SPEC §6)
+    dual_clip: float = 10.0  # dual-clip constant c for negative advantages (SPEC §6)
+    aggregation: str = "token_mean"  # 'token_mean' (official) | 'prompt_mean' (each prompt weighs the same)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5  # AdamW learning rate
+    weight_decay: float = 0.1  # AdamW weight decay
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 10  # linear learning-rate warm-up, then constant (SPEC §6)
+    grad_clip: float = 1.0  # global grad-norm clip; a non-finite norm skips the step
+    max_bad_steps: int = 5  # stop after this many consecutive skipped (non-finite) steps
+
+
+@dataclass
+class WarmupConfig:
+    """Supervised warm-up of the embedded tiny model (only used when model == 'tiny')."""
+    steps: int = 500  # at most this many supervised steps
+    batch_size: int = 64
+    lr: float = 3e-3
+    check_every: int = 25  # evaluate a snapshot every this many steps
+    target_low: float = 0.30  # stop at the first snapshot with sampled pass@1 in [low, high] ...
+    target_high: float = 0.50
+    min_greedy_gap: float = 0.10  # ... and greedy accuracy at least this much above it
+    cache_dir: str = "cache"  # the warmed model is stored here, keyed by a hash of its settings
+
+
+@dataclass
+class Config:
+    seed: int = 0  # everything random derives from this
+    out_dir: str = "runs/default"  # metrics, samples, config and checkpoints go here
+    model: str = "tiny"  # 'tiny' = the embedded model (built and warmed up here) or a local HF directory
+    data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL file of problems with answers
+    template: str = "plain"  # prompt template: 'plain' (text as is) | 'boxed' (base model) | 'chat'
+    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
+    dtype: str = "float32"  # parameter dtype: 'float32' | 'bfloat16'
+    steps: int = 80  # RL steps
+    prompts_per_step: int = 16  # P: prompts per step (all ranks together)
+    rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
+    allocation: str = "uniform"  # 'uniform' (GRPO): every prompt gets rollouts_per_prompt
+    mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
+    micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
+    logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
+    eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
+    eval_prompts: int = 256  # held-out prompts per evaluation
+    eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
+    sample_every: int = 20  # dump (prompt, response, reward, advantage) samples every k steps
+    train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
+    task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.rollouts_per_prompt
+
+
+CHOICES = {
+    "template": ("plain", "boxed", "chat"),
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "bfloat16"),
+    "allocation": ("uniform",),
+    "loss.aggregation": ("token_mean", "prompt_mean"),
+}
+
+# One-line presets: `preset=grpo` etc. are applied before the other overrides.
+PRESETS: dict[str, dict] = {}
+
+
+def _coerce(key: str, value, typ):
+    """Check `value` against the dataclass field type; ints are accepted for floats."""
+    origin = typing.get_origin(typ) or typ
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if origin is list and isinstance(value, list):
+        return value
+    if typ in (int, float, str, bool) and type(value) is typ:
+        return value
+    raise ConfigError(f"config key '{key}': expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _set(cfg, path: str, value) -> None:
+    obj, parts = cfg, path.split(".")
+    for i, name in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if name not in fields:
+            where = ".".join(parts[:i]) or "top level"
+            raise ConfigError(f"unknown config key '{path}' ('{name}' is not a field of {where}; "
+                              f"known: {', '.join(sorted(fields))})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, name)):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key '{path}' is a section; give a mapping")
+                for k, v in value.items():
+                    _set(cfg, f"{path}.{k}", v)
+            else:
+                hints = typing.get_type_hints(type(obj))
+                setattr(obj, name, _coerce(path, value, hints[name]))
+        else:
+            obj = getattr(obj, name)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"config key '{path}': '{name}' is not a section")
+
+
+def _check(cfg: Config) -> None:
+    """Inconsistent values stop the run here, each message naming its key."""
+    flat = to_dict(cfg)
+    for key, allowed in CHOICES.items():
+        section, _, name = key.rpartition(".")
+        value = flat[section][name] if section else flat[name]
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' = {value!r}; choose one of {', '.join(allowed)}")
+    positive = ["steps", "prompts_per_step", "rollouts_per_prompt", "mini_batches", "micro_batch_size",
+                "logprob_chunk", "eval_prompts", "eval_samples", "train_pool", "rollout.max_new_tokens",
+                "rollout.max_prompt_tokens", "warmup.batch_size", "warmup.check_every"]
+    for key in positive:
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    r, o = cfg.rollout, cfg.optim
+    if not 0.0 < r.temperature:
+        raise ConfigError(f"config key 'rollout.temperature' must be > 0, got {r.temperature}")
+    if not 0.0 < r.top_p <= 1.0:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    if cfg.rollouts_per_step % cfg.mini_batches:
+        raise ConfigError(f"config key 'mini_batches' = {cfg.mini_batches} must divide the rollout budget "
+                          f"prompts_per_step * rollouts_per_prompt = {cfg.rollouts_per_step}")
+    if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:
+        raise ConfigError("config keys 'loss.eps_low' in [0, 1), 'loss.eps_high' >= 0, 'loss.dual_clip' > 1 "
+                          f"required, got {cfg.loss.eps_low}, {cfg.loss.eps_high}, {cfg.loss.dual_clip}")
+    if o.lr <= 0 or o.grad_clip <= 0 or o.warmup_steps < 0:
+        raise ConfigError("config keys 'optim.lr' and 'optim.grad_clip' must be > 0, 'optim.warmup_steps' >= 0")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(argv: list[str]) -> Config:
+    """Parse `[--config FILE] [key=value ...]` into a checked Config."""
+    cfg, path, overrides = Config(), None, []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config", "-c"):
+            if not args:
+                raise ConfigError("--config needs a YAML file path")
+            path = args.pop(0)
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif "=" in arg:
+            overrides.append(arg[2:] if arg.startswith("--") else arg)
+        else:
+            raise ConfigError(f"cannot read argument {arg!r}: use --config FILE and key=value overrides")
+    if path is not None:
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"malformed YAML in {path}: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        preset = doc.pop("preset", None)
+        _apply_preset(cfg, preset)
+        for k, v in doc.items():
+            _set(cfg, k, v)
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if key == "preset":
+            _apply_preset(cfg, value)
+        else:
+            _set(cfg, key, value)
+    _check(cfg)
+    return cfg
+
+
+def _apply_preset(cfg: Config, name) -> None:
+    if name is None:
+        return
+    if name not in PRESETS:
+        raise ConfigError(f"config key 'preset' = {name!r}; choose one of {', '.join(PRESETS)}")
+    for k, v in PRESETS[name].items():
+        _set(cfg, k, v)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+if __name__ == "__main__":  # print the resolved config: python -m dynamo.config --config X k=v
+    print(json.dumps(to_dict(load_config(sys.argv[1:])), indent=2))

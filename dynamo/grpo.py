@@ -1,0 +1,76 @@
+"""GRPO with groups of any size (SPEC §4) and the PPO dual-clip token loss (SPEC §6).
+
+Shapes: N rollouts, T response tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, prompt_index: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (r_i - mean_g) / (std_g + eps) over the rollouts of the same prompt (SPEC §4).
+
+    std is the unbiased (Bessel) std, as in the official code. Groups whose rewards are all equal
+    (all correct, all wrong, or a single rollout) get A = 0: they carry no learning signal.
+    rewards, prompt_index: (N,). Returns (N,) float32.
+    """
+    rewards = rewards.float()
+    groups, inverse = torch.unique(prompt_index, return_inverse=True)  # inverse: (N,) group of each row
+    g = len(groups)
+    size = rewards.new_zeros(g).index_add_(0, inverse, torch.ones_like(rewards))  # (G,)
+    mean = rewards.new_zeros(g).index_add_(0, inverse, rewards) / size  # (G,)
+    sq = rewards.new_zeros(g).index_add_(0, inverse, (rewards - mean[inverse]) ** 2)  # (G,)
+    std = (sq / (size - 1).clamp(min=1)).sqrt()  # (G,) Bessel-corrected
+    adv = (rewards - mean[inverse]) / (std[inverse] + eps)  # (N,)
+    flat = (std[inverse] == 0) | (size[inverse] < 2)  # (N,) no variance in the group
+    return torch.where(flat, torch.zeros_like(adv), adv)
+
+
+def token_weights(mask: torch.Tensor, prompt_index: torch.Tensor, aggregation: str,
+                  all_reduce=lambda x: x) -> torch.Tensor:
+    """Per-token loss weights that sum to 1 over the valid tokens of one mini-batch (all ranks).
+
+    This is the single place where the loss denominator is decided, so splitting a mini-batch into
+    micro-batches (gradient accumulation) never changes the gradient:
+      token_mean:  1 / (valid tokens in the mini-batch)                   (official)
+      prompt_mean: 1 / (prompts in the mini-batch * valid tokens of that prompt there)
+    Under several ranks the counts are summed over ranks with `all_reduce` (prompts never span
+    ranks), and gradients are then summed, not averaged.
+    mask: (N, T), prompt_index: (N,). Returns (N, T) float32.
+    """
+    mask = mask.float()
+    if aggregation == "token_mean":
+        return mask / all_reduce(mask.sum()).clamp(min=1)
+    if aggregation == "prompt_mean":
+        groups, inverse = torch.unique(prompt_index, return_inverse=True)
+        group_tokens = mask.new_zeros(len(groups)).index_add_(0, inverse, mask.sum(1))  # (G,)
+        n_groups = all_reduce(mask.new_tensor(float(len(groups))))
+        per_row = 1.0 / (n_groups * group_tokens[inverse].clamp(min=1))  # (N,)
+        return mask * per_row[:, None]
+    raise ValueError(f"unknown loss aggregation {aggregation!r}")
+
+
+def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, *,
+             eps_low: float, eps_high: float, dual_clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO dual-clip policy loss summed with `weights` (SPEC §6); returns (loss, stats).
+
+    logp, old_logp, advantages, weights: (N, T). Advantages are per token (possibly modulated).
+    weights are zero outside the response mask and carry the denominator (see token_weights).
+    """
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)  # (N, T) guards exp against overflow
+    ratio = log_ratio.exp()  # (N, T)
+    loss1 = -advantages * ratio  # (N, T)
+    loss2 = -advantages * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # (N, T)
+    clipped = torch.maximum(loss1, loss2)  # (N, T) pessimistic PPO bound
+    loss3 = -advantages * dual_clip  # (N, T) dual clip: bounds the loss of negative advantages
+    per_token = torch.where(advantages < 0, torch.minimum(clipped, loss3), clipped)  # (N, T)
+    loss = (per_token * weights).sum()
+    with torch.no_grad():
+        valid = weights > 0
+        n = valid.sum().clamp(min=1)
+        stats = {
+            "clip_frac": ((loss2 > loss1) & valid).sum().item() / n.item(),
+            "dual_clip_frac": ((advantages < 0) & (clipped > loss3) & valid).sum().item() / n.item(),
+            "approx_kl": (0.5 * (log_ratio ** 2) * valid).sum().item() / n.item(),
+        }
+    return loss, stats

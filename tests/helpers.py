@@ -1,0 +1,14 @@
+# Shared builders for the tests (not a test file): a tiny random model and the tiny tokenizer.
+import torch
+
+from dynamo.model import prepare_tokenizer, tiny_model, tiny_tokenizer
+
+
+def tiny(seed: int = 0):
+    """(model, tokenizer) with random weights: enough to test shapes, masks and log-probs."""
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed)
+    prepare_tokenizer(tok, model)
+    model.eval()
+    torch.manual_seed(seed)
+    return model, tok

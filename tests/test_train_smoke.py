@@ -1,0 +1,85 @@
+# python -m pytest -q tests/test_train_smoke.py  — subprocess runs of train.py (1 and 2 processes).
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small everything: a short warm-up (the model stays weak, which is fine for a smoke test).
+SMALL = ["steps=2", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=14", "eval_samples=2",
+         "train_pool=16", "warmup.steps=30", "warmup.check_every=30", "sample_every=1", "rollout.max_new_tokens=40"]
+
+
+def run(args, tmp_path, launcher=(sys.executable,), timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [*launcher, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/default.yaml"),
+           f"warmup.cache_dir={tmp_path / 'cache'}", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    res = run([*SMALL, f"out_dir={tmp / 'out'}"], tmp)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return tmp, res
+
+
+def test_single_process_run_writes_everything(single_run):
+    tmp, res = single_run
+    out = tmp / "out"
+    rows = read_metrics(out)
+    steps = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("reward", "accuracy", "zero_adv_groups", "entropy", "response_length", "truncated",
+                "grad_norm", "clip_frac", "time/generate", "time/update"):
+        assert key in steps[0]
+    assert any("eval/accuracy" in r for r in rows)
+    assert "step    2 | reward" in res.stdout
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    assert {"prompt", "response", "reward", "advantage"} <= set(samples[0])
+    assert (out / "config.yaml").exists() and (out / "summary.json").exists()
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.num_parameters() > 0 and (out / "final" / "model.safetensors").exists()
+
+
+def test_warmup_cache_is_reused(single_run, tmp_path):
+    tmp, _ = single_run
+    res = run([*SMALL, "steps=1", f"out_dir={tmp_path / 'out'}", f"warmup.cache_dir={tmp / 'cache'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "reusing cached model" in res.stdout
+
+
+def test_local_hf_directory_as_model(single_run, tmp_path):
+    tmp, _ = single_run  # the checkpoint the first run saved is a plain Hugging Face directory
+    res = run([*SMALL, "steps=1", f"model={tmp / 'out' / 'final'}", f"out_dir={tmp_path / 'out'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warm-up" not in res.stdout and "step    1 | reward" in res.stdout
+
+
+def test_config_error_stops_at_start(tmp_path):
+    res = run(["optim.lr=fast"], tmp_path, timeout=60)
+    assert res.returncode != 0 and "config key 'optim.lr'" in res.stderr
+
+
+def test_missing_model_directory_is_named(tmp_path):
+    res = run([*SMALL, f"model={tmp_path / 'nope'}", f"out_dir={tmp_path / 'out'}"], tmp_path, timeout=60)
+    assert res.returncode != 0 and "model directory not found" in res.stderr
+
+
+def test_torchrun_two_processes(single_run, tmp_path):
+    tmp, _ = single_run
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    res = run([*SMALL, f"out_dir={tmp_path / 'out'}", f"warmup.cache_dir={tmp / 'cache'}"], tmp_path, launcher)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = [r for r in read_metrics(tmp_path / "out") if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]  # rank 0 alone writes
+    assert res.stdout.count("step    2 | reward") == 1

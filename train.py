@@ -1,0 +1,227 @@
+"""RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (see SPEC/README).
+
+    python train.py --config configs/default.yaml                     # the embedded default, CPU
+    python train.py --config configs/default.yaml steps=10 optim.lr=1e-5
+    torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml
+
+Shapes used throughout: P prompts, N rollouts (N = sum of per-prompt counts), T response tokens,
+V vocabulary. One step: draw prompts -> allocate rollouts -> sample -> verify -> group advantages ->
+old log-probs -> per mini-batch: per micro-batch forward, loss, backward; optimiser step -> log.
+How this GRPO differs from the DeepSeekMath paper's: no KL term and no entropy bonus, PPO dual clip,
+token-mean loss over the mini-batch, rewards +-1 (SPEC §6, the official DynaMO run).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from dynamo import checkpoint, distributed as dist
+from dynamo.config import ConfigError, dump, load_config, to_dict
+from dynamo.data import PromptOrder, load_problems, render
+from dynamo.evaluate import evaluate
+from dynamo.grpo import group_advantages, ppo_loss, token_weights
+from dynamo.logprobs import response_token_stats
+from dynamo.model import load_pretrained
+from dynamo.reward import score
+from dynamo.rollout import decode_responses, sample
+
+
+def seed_for(*parts) -> int:
+    """Deterministic seed from (run seed, purpose, step, rank): sampling never depends on history."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def main(argv: list[str]) -> None:
+    # ---------------------------------------------------------------- config
+    try:
+        cfg = load_config(argv)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    rank, world = dist.init()
+    if cfg.prompts_per_step % world:
+        sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
+                 f"{world} ranks (each rank gets the same share)")
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    log = dist.print0
+    if dist.is_main():
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(dump(cfg))
+    log(dump(cfg))
+
+    # ---------------------------------------------------------------- setup
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
+        from dynamo.warmup import warm_up
+        if dist.is_main():
+            warm_up(cfg, torch.device("cpu"), log=log)
+        dist.barrier()
+        model, tokenizer, _ = warm_up(cfg, torch.device("cpu"), log=lambda *a: None)
+    else:
+        model, tokenizer = load_pretrained(cfg.model, dtype)
+    model.to(device=device, dtype=dtype).train()
+    pool, heldout = load_problems(cfg)
+    pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
+    heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
+    too_long = [p.prompt_id for p, s in zip(pool, pool_prompts)
+                if len(tokenizer(s)["input_ids"]) > cfg.rollout.max_prompt_tokens]
+    if too_long:
+        sys.exit(f"data error: {len(too_long)} prompts exceed rollout.max_prompt_tokens = "
+                 f"{cfg.rollout.max_prompt_tokens} (first: {too_long[0]!r})")
+    order = PromptOrder(len(pool), cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
+    metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if dist.is_main() else None
+    samples_file = open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") if dist.is_main() else None
+    p_local = cfg.prompts_per_step // world
+    bad_steps = skipped = 0
+
+    def run_eval(step: int) -> dict | None:
+        if not heldout:
+            return None
+        t0 = time.time()
+        res = evaluate(model, tokenizer, heldout, heldout_prompts, samples=cfg.eval_samples,
+                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                       max_new_tokens=cfg.rollout.max_new_tokens, seed=seed_for(cfg.seed, "eval"))
+        levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
+        log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
+            f"| {time.time() - t0:.1f}s")
+        if metrics_file:
+            metrics_file.write(json.dumps({"step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
+                                           **{f"eval/{k}": v for k, v in res["levels"].items()}}) + "\n")
+            metrics_file.flush()
+        return res
+
+    first_eval = run_eval(0)
+    t_start = time.time()
+    # ---------------------------------------------------------------- loop
+    for step in range(1, cfg.steps + 1):
+        t0 = time.time()
+        # 0. draw this step's prompts; rank r takes every world-th one
+        batch, _ = order.next(cfg.prompts_per_step)
+        mine = batch[rank::world]
+        problems = [pool[i] for i in mine]
+        # 1. allocate rollouts: uniform GRPO, every prompt gets the nominal n
+        counts = [cfg.rollouts_per_prompt] * p_local
+        # 2. sample with the KV cache; seeded by (seed, step, rank) so resume and eval never shift it
+        torch.manual_seed(seed_for(cfg.seed, "rollout", step, rank))
+        ro = sample(model, tokenizer, [pool_prompts[i] for i in mine], counts,
+                    temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                    max_new_tokens=cfg.rollout.max_new_tokens)
+        texts = decode_responses(tokenizer, ro)
+        t_gen = time.time() - t0
+        # 3. verify each response against its own prompt's reference (joined by prompt_index)
+        pidx = ro.prompt_index  # (N,)
+        correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
+        rewards = correct.float() * 2 - 1  # (N,) +-1
+        # 4. group advantages over the rollouts of each prompt, any group size (SPEC §4)
+        adv = group_advantages(rewards, pidx)  # (N,)
+        # 5. old log-probs of the behaviour policy (no grad), in micro-batches
+        t1 = time.time()
+        mask = ro.response_mask.to(device).float()  # (N, T)
+        n = mask.shape[0]
+        micro = [list(range(s, min(n, s + cfg.micro_batch_size))) for s in range(0, n, cfg.micro_batch_size)]
+        with torch.no_grad():
+            old = [response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
+                                        temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)
+                   for m in micro]
+        old_logp = torch.cat([o["logp"] for o in old])  # (N, T)
+        entropy = torch.cat([o["entropy"] for o in old])  # (N, T)
+        # 6. update: one optimiser step per mini-batch, gradient accumulated over micro-batches
+        g = torch.Generator().manual_seed(seed_for(cfg.seed, "minibatch", step, rank))
+        perm = torch.randperm(n, generator=g)
+        mb_size = n // cfg.mini_batches
+        stats = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
+        for k in range(cfg.mini_batches):
+            rows = perm[k * mb_size:(k + 1) * mb_size]
+            weights = token_weights(mask[rows], pidx[rows], cfg.loss.aggregation, dist.all_reduce_sum)  # (n_mb, T)
+            opt.zero_grad(set_to_none=True)
+            for s in range(0, len(rows), cfg.micro_batch_size):
+                r = rows[s:s + cfg.micro_batch_size]
+                cur = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
+                                           temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)
+                a_tok = adv[r].to(device)[:, None].expand_as(mask[r])  # (n_micro, T)
+                loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[s:s + len(r)],
+                                    eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
+                                    dual_clip=cfg.loss.dual_clip)
+                loss.backward()
+                stats["loss"] += loss.item()
+                for key in ("clip_frac", "dual_clip_frac", "approx_kl"):
+                    stats[key] += st[key] * len(r) / n
+            dist.sum_gradients(model)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if torch.isfinite(norm):
+                opt.step()
+                bad_steps = 0
+            else:  # a non-finite gradient would poison the weights and AdamW's moments: skip it
+                opt.zero_grad(set_to_none=True)
+                skipped, bad_steps = skipped + 1, bad_steps + 1
+                if bad_steps >= cfg.optim.max_bad_steps:
+                    sys.exit(f"stopping: {bad_steps} consecutive optimiser steps had a non-finite gradient norm")
+            stats["grad_norm"] += norm.item() / cfg.mini_batches
+        sched.step()
+        t_upd = time.time() - t1
+        # 7. log / eval / checkpoint: per-rank sums reduced once per step
+        zero_adv = torch.zeros(p_local).index_add_(0, pidx, adv.abs()) == 0  # (P,) groups with no signal
+        sums = torch.tensor([n, correct.sum().item(), zero_adv.sum().item(), p_local,
+                             (entropy * mask).sum().item(), mask.sum().item(), ro.truncated.sum().item(),
+                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd], dtype=torch.float64)
+        sums = dist.all_reduce_sum(sums)
+        total, n_tok = sums[0].item(), sums[5].item()
+        row = {"step": step, "reward": (2 * sums[1].item() - total) / total, "accuracy": sums[1].item() / total,
+               "zero_adv_groups": sums[2].item() / sums[3].item(), "entropy": sums[4].item() / n_tok,
+               "response_length": n_tok / total, "truncated": sums[6].item() / total,
+               "grad_norm": stats["grad_norm"], "clip_frac": sums[7].item() / total, "approx_kl": sums[8].item() / total,
+               "loss": stats["loss"], "skipped_steps": skipped, "lr": sched.get_last_lr()[0],
+               "time/generate": sums[9].item() / world, "time/update": sums[10].item() / world,
+               "time/step": time.time() - t0}
+        log(f"step {step:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} zero-adv {row['zero_adv_groups']:.2f} "
+            f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
+            f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
+            f"upd {row['time/update']:.2f}s")
+        if metrics_file:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+        if samples_file and cfg.sample_every and step % cfg.sample_every == 0:
+            for i in range(min(4, n)):
+                samples_file.write(json.dumps({"step": step, "prompt": problems[pidx[i]].prompt, "response": texts[i],
+                                               "reference": problems[pidx[i]].answer, "reward": rewards[i].item(),
+                                               "advantage": adv[i].item()}) + "\n")
+            samples_file.flush()
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            run_eval(step)
+
+    last_eval = run_eval(cfg.steps)
+    if dist.is_main():
+        path = checkpoint.save(os.path.join(cfg.out_dir, "final"), model, tokenizer,
+                               {"step": cfg.steps, "config": to_dict(cfg)})
+        log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
+        if first_eval and last_eval:
+            summarise(first_eval, last_eval, cfg.out_dir)
+    dist.shutdown()
+
+
+def summarise(first: dict, last: dict, out_dir: str) -> None:
+    """Start vs end held-out accuracy with the standard error of the paired difference."""
+    diff = [b - a for a, b in zip(first["per_problem"], last["per_problem"])]
+    d = sum(diff) / len(diff)
+    se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff))
+    summary = {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
+               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"]}
+    print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
+          f"(gain {d:+.4f} +- {se:.4f} SE, paired over {len(diff)} problems)", flush=True)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
