@@ -1,16 +1,15 @@
-"""Reward: is each response's final boxed answer equal to its own prompt's reference?"""
+"""Reward: is each response's final answer equivalent to its own prompt's reference? (dynamo.verifier)"""
 from __future__ import annotations
 
-import re
-
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+from dynamo.verifier import verify_batch
 
 
-def score(responses: list[str], references: list[str]) -> list[bool]:
-    """Correct or not, one verdict per (response, reference) pair, in order."""
-    assert len(responses) == len(references), "one reference per response"
-    out = []
-    for response, reference in zip(responses, references):
-        boxes = _BOXED.findall(response)
-        out.append(bool(boxes) and boxes[-1].strip() == reference.strip())
-    return out
+def score(responses: list[str], references: list[str], *, fallbacks: bool = False) -> list[bool]:
+    """Correct or not, one verdict per (response, reference) pair, in order; never raises.
+
+    `fallbacks` also accepts "The answer is ..." style endings (evaluation only; training rewards
+    need the boxed answer the prompt asks for).
+    """
+    if len(responses) != len(references):
+        raise ValueError(f"{len(responses)} responses but {len(references)} references")
+    return verify_batch(list(zip(responses, references)), fallbacks=fallbacks)

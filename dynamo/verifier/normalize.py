@@ -1,0 +1,241 @@
+"""Answer-string normalisation and the exact in-process fast path (plain numbers; no SymPy, no processes).
+
+Everything here is string and `fractions.Fraction` work on bounded input, so it is safe on model text
+and costs microseconds. `fast_compare` returns None when the pair needs the symbolic stage.
+"""
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+MAX_ANSWER_CHARS = 1000  # longer extracted answers are "not equal" without parsing
+MAX_NUMBER_DIGITS = 400  # digits in one plain-number literal; longer is rejected, not parsed
+MAX_DECIMAL_EXPONENT = 1000  # |k| in 1.5e<k> or 1.5 \times 10^{k}
+HIGH_PRECISION_DIGITS = 6  # a decimal may stand for a non-terminating exact value only with this many significant digits
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u22c5": r"\cdot ", "\u00f7": r"\div ",
+    "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u00b0": r"^\circ ",
+    "\u221a": r"\sqrt ", "\u00b1": r"\pm ", "\u222a": r"\cup ", "\u00a0": " ", "\uff05": "%", "\uff0c": ",",
+}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+
+# Trailing unit: \text{ cm}, \mathrm{~m}^{2}, \mbox{ inches}^2 (the remainder must still hold the answer).
+_UNIT_RE = re.compile(r"\\(?:text|textrm|textnormal|mbox|mathrm|operatorname)\s*\{[^{}]*\}(?:\s*\^\s*(?:\{[^{}]*\}|-?\w))?\s*$")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|boxed)\s*\{([^{}]*)\}")
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
+_BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?", re.ASCII)  # 2516_8, 4210_{5}: a numeral in another base
+_SIMPLE_LHS_RE = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?(?:\([^()=]*\))?")  # x, m_{\max}, f(x), \tau
+
+
+def normalize(s: str) -> str:
+    """Canonical text of an answer: presentation (spacing, \\left, \\dfrac, units, degrees, percent, $) removed."""
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"(\d),\\!\s*(?=\d{3}(?!\d))", r"\1", s)  # 10,\!080 is a thousands separator, not a list
+    s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)\s*\.", "", s)  # invisible delimiters
+    s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg|displaystyle|textstyle)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[!,;:>]|(?<!\\)\\ |~|\\q?quad(?![A-Za-z])", " ", s)
+    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
+    s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
+    s = re.sub(r"\\(?:leq|leqslant|le)(?![A-Za-z])", r"\\le ", s)
+    s = re.sub(r"\\(?:geq|geqslant|ge)(?![A-Za-z])", r"\\ge ", s)
+    s = re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)  # y^{\prime} is y'
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)  # degrees: 90^\circ is 90
+    s = s.replace("\\%", "").replace("%", "")  # percent: 8\% is 8 (no x100 leniency anywhere)
+    s = s.strip()
+    while True:  # strip trailing units while something is left that is not the unit
+        m = _UNIT_RE.search(s)
+        rest = s[: m.start()].rstrip() if m else ""
+        if not m or not re.search(r"[0-9A-Za-z}]", rest):
+            break
+        s = re.sub(r"(?:/|\\cdot|\\,)\s*$", "", rest).rstrip()
+    prev = None
+    while prev != s:  # unwrap \text{...} and friends, innermost first
+        prev, s = s, _TEXT_WRAP_RE.sub(lambda m: m.group(1), s)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])", "", s)  # spaces only matter between two letters
+    s = re.sub(r"(?:\.|\\\\)+$", "", s).rstrip()  # trailing period / line break
+    if re.fullmatch(r"\([A-Za-z]\)", s):  # multiple choice: (C) is C
+        s = s[1].upper()
+    elif re.fullmatch(r"[A-Za-z]+(?: [A-Za-z]+)*", s) and len(s) > 1:  # words compare case-insensitively
+        s = s.lower()
+    return s
+
+
+def split_top(s: str, sep: str = ",") -> list[str]:
+    """Split at `sep` outside any bracket pair ((, [, {, \\{); intervals like (3,4] count as one pair."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i) and not (sep[-1].isalpha() and s[i + len(sep) : i + len(sep) + 1].isalpha()):
+            parts.append(s[start:i])
+            i += len(sep)
+            start = i
+            continue
+        i += 1
+    parts.append(s[start:])
+    return parts
+
+
+def _has_relation(s: str) -> bool:
+    return len(split_top(s, "=")) > 1 or bool(re.search(r"\\(?:le|ge|lt|gt|in)(?![A-Za-z])|[<>]", s))
+
+
+def align_sides(resp: str, ref: str) -> tuple[str, str]:
+    """`x = 3` against `3`: drop a definition's left side where the other answer has none, element-wise."""
+    resp_parts, ref_parts = split_top(resp), split_top(ref)
+    if not any(_has_relation(p) for p in ref_parts):
+        # The reference is a bare value: keep what follows the last `=` / `\in` of each response element.
+        resp_parts = [re.split(r"=|\\in(?![A-Za-z])", p)[-1] for p in resp_parts]
+    elif not any(_has_relation(p) for p in resp_parts):
+        # The reference defines a name (k=2n-1, f(x)=2x, y = 2x+3): compare its right side.
+        new = []
+        for p in ref_parts:
+            sides = split_top(p, "=")
+            new.append(sides[1] if len(sides) == 2 and _SIMPLE_LHS_RE.fullmatch(sides[0]) else p)
+        ref_parts = new
+    else:
+        # Both are definitions: same left sides compare by right sides; otherwise as equations.
+        pairs = [(split_top(a, "="), split_top(b, "=")) for a, b in zip(resp_parts, ref_parts)]
+        if len(resp_parts) == len(ref_parts) and all(
+            len(a) == 2 and len(b) == 2 and a[0] == b[0] and _SIMPLE_LHS_RE.fullmatch(b[0]) for a, b in pairs
+        ):
+            resp_parts, ref_parts = [a[1] for a, _ in pairs], [b[1] for _, b in pairs]
+    return ",".join(resp_parts), ",".join(ref_parts)
+
+
+# ---------------------------------------------------------------------------
+# Plain numbers, exactly (Fraction), with their written precision
+
+
+@dataclass(frozen=True)
+class Num:
+    value: Fraction
+    exact: bool  # integer or fraction as written; False for a decimal (a rounded value)
+    ulp: Fraction  # one unit in the last written digit (0 for exact numbers)
+    sig_digits: int  # significant digits written (decimals only)
+
+
+_NUM_RE = re.compile(
+    r"(?P<sign>[+-]?)(?:"
+    r"(?P<mixed>\d+)\\frac(?:\{(?P<mn>\d+)\}|(?P<mn1>\d))(?:\{(?P<md>\d+)\}|(?P<md1>\d))"
+    r"|\\frac(?:\{(?P<fn>[+-]?\d+)\}|(?P<fn1>\d))(?:\{(?P<fd>[+-]?\d+)\}|(?P<fd1>\d))"
+    r"|(?P<sn>\d+)/(?P<sd>\d+)"
+    r"|(?P<mant>\d+\.?\d*|\.\d+)(?:[eE](?P<exp>[+-]?\d+)|(?:\\times|\\cdot)10\^(?:\{(?P<exp2>[+-]?\d+)\}|(?P<exp3>\d)))?"
+    r")",
+    re.ASCII,  # only ASCII digits are digits: int() would also read Arabic-Indic or fullwidth ones
+)
+
+
+def parse_number(s: str) -> Num | None:
+    """A plain number (integer, decimal, E-notation, a\\times10^k, \\frac{p}{q}, p/q, mixed 1\\frac45) or None."""
+    if len(s) > MAX_NUMBER_DIGITS + 40:
+        return None
+    m = _NUM_RE.fullmatch(s)
+    if not m:
+        return None
+    g = m.groupdict()
+    sign = -1 if g["sign"] == "-" else 1
+    if g["mixed"] is not None:
+        den = int(g["md"] or g["md1"])
+        if den == 0:
+            return None
+        return Num(sign * (int(g["mixed"]) + Fraction(int(g["mn"] or g["mn1"]), den)), True, Fraction(0), 0)
+    if g["fn"] is not None or g["fn1"] is not None or g["sn"] is not None:
+        num, den = int(g["fn"] or g["fn1"] or g["sn"]), int(g["fd"] or g["fd1"] or g["sd"])
+        if den == 0:
+            return None
+        return Num(sign * Fraction(num, den), True, Fraction(0), 0)
+    mant, exp = g["mant"], int(g["exp"] or g["exp2"] or g["exp3"] or 0)
+    if abs(exp) > MAX_DECIMAL_EXPONENT:
+        return None
+    int_part, _, frac_part = mant.partition(".")
+    digits = (int_part + frac_part).lstrip("0")
+    scale = Fraction(10) ** (exp - len(frac_part))
+    value = sign * int(int_part + frac_part or "0") * scale
+    if not frac_part.strip("0") and exp == 0:  # 27, 025, 27.0: an integer, compared exactly
+        return Num(value, True, Fraction(0), 0)
+    return Num(value, False, scale, max(len(digits), 1))
+
+
+def terminates(x: Fraction) -> bool:
+    """True when x has a finite decimal expansion (denominator 2^a 5^b)."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def numbers_equal(resp: Num, ref: Num) -> bool:
+    """Form-driven: exact refs need exact values; decimal refs are matched by rounding at their precision."""
+    if resp.value == ref.value:
+        return True
+    if not ref.exact:
+        # A decimal reference is a rounded value: accept what rounds to it at its own precision.
+        return abs(resp.value - ref.value) * 2 <= ref.ulp
+    if resp.exact or terminates(ref.value):
+        return False  # integers and terminating fractions must match exactly (0.25 is 1/4; 2.9999 is not 3)
+    # A decimal can only approximate 1/3: require many correct significant digits (0.33 is not 1/3).
+    return resp.sig_digits >= HIGH_PRECISION_DIGITS and abs(resp.value - ref.value) <= resp.ulp
+
+
+def _outer(s: str) -> tuple[str, str, str] | None:
+    """(open, close, inner) when s is one bracketed group, e.g. '(3,4]' -> ('(', ']', '3,4')."""
+    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
+        return None
+    depth = 0
+    for i, c in enumerate(s):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth == 0 and i < len(s) - 1:
+            return None
+    return s[0], s[-1], s[1:-1]
+
+
+def fast_compare(resp: str, ref: str) -> bool | None:
+    """Exact verdict for normalised answers made of plain numbers, or None when the symbolic stage is needed."""
+    if resp == ref:
+        return True
+    m = _BASE_RE.fullmatch(ref)
+    if m and not ref.isdigit():  # base-b numeral: 2516_8 also accepts 2516
+        other = _BASE_RE.fullmatch(resp)
+        return resp == m.group(1) or (other is not None and other.groups() == m.groups())
+    if _THOUSANDS_RE.fullmatch(ref):
+        ref, resp = ref.replace(",", ""), resp.replace(",", "")
+    elif len(split_top(ref)) == 1 and _THOUSANDS_RE.fullmatch(resp):
+        resp = resp.replace(",", "")
+    a, b = parse_number(resp), parse_number(ref)
+    if a is not None and b is not None:
+        return numbers_equal(a, b)
+    # Lists of plain numbers: bare lists are unordered (all solutions); bracketed ones are ordered tuples.
+    oa, ob = _outer(resp), _outer(ref)
+    tuple_a = oa is not None and len(split_top(oa[2])) > 1
+    tuple_b = ob is not None and len(split_top(ob[2])) > 1
+    pa, pb = split_top(oa[2] if tuple_a else resp), split_top(ob[2] if tuple_b else ref)
+    if len(pb) < 2:
+        return None
+    na, nb = [parse_number(p) for p in pa], [parse_number(p) for p in pb]
+    if None in na or None in nb:
+        return None
+    if len(na) != len(nb) or (tuple_a and (not tuple_b or oa[:2] != ob[:2])):
+        return False  # other length, other brackets ((3,4] is not [3,4]), or a tuple for a list
+    if tuple_b:  # ordered; a bare list may answer a parenthesised tuple, never an interval
+        if not tuple_a and ob[:2] != ("(", ")"):
+            return False
+        return all(numbers_equal(x, y) for x, y in zip(na, nb))
+    unused = list(na)
+    for y in nb:
+        hit = next((k for k, x in enumerate(unused) if numbers_equal(x, y)), None)
+        if hit is None:
+            return False
+        unused.pop(hit)
+    return True
