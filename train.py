@@ -28,8 +28,11 @@ from dynamo.evaluate import evaluate
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
 from dynamo.model import load_pretrained
+from dynamo.modulator import compensation
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, sample
+from dynamo.verifier import stats as verifier_stats
+from dynamo.stabilizer import entropy_change, predicted_entropy_change, stabilization
 
 
 def seed_for(*parts) -> int:
@@ -127,20 +130,30 @@ def main(argv: list[str]) -> None:
         adv = group_advantages(rewards, pidx)  # (N,)
         # 5. old log-probs of the behaviour policy (no grad), in micro-batches
         t1 = time.time()
+        mod = cfg.modulation
         mask = ro.response_mask.to(device).float()  # (N, T)
         n = mask.shape[0]
         micro = [list(range(s, min(n, s + cfg.micro_batch_size))) for s in range(0, n, cfg.micro_batch_size)]
+        need_u = mod.stabilization and mod.estimate == "exact"
         with torch.no_grad():
             old = [response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
-                                        temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)
-                   for m in micro]
+                                        temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
+                                        with_expected_u=need_u) for m in micro]
         old_logp = torch.cat([o["logp"] for o in old])  # (N, T)
         entropy = torch.cat([o["entropy"] for o in old])  # (N, T)
+        old_u = torch.cat([o["expected_u"] for o in old]) if need_u else None  # (N, T)
+        adv_tok = adv.to(device)[:, None].expand_as(mask)  # (N, T) sequence advantage on every token
+        xi_max = None
+        if mod.stabilization and mod.scope == "step":  # normaliser over the whole step, at the behaviour policy
+            xi = entropy_change(old_logp, old_logp, entropy, adv_tok, mask, eps_low=cfg.loss.eps_low,
+                                eps_high=cfg.loss.eps_high, mode=mod.estimate, expected_u=old_u)  # (N, T)
+            xi_max = dist.all_reduce_max(xi.max())
         # 6. update: one optimiser step per mini-batch, gradient accumulated over micro-batches
         g = torch.Generator().manual_seed(seed_for(cfg.seed, "minibatch", step, rank))
         perm = torch.randperm(n, generator=g)
         mb_size = n // cfg.mini_batches
         stats = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
+        factors: dict[str, list] = {"comp": [], "stab": []}
         for k in range(cfg.mini_batches):
             rows = perm[k * mb_size:(k + 1) * mb_size]
             weights = token_weights(mask[rows], pidx[rows], cfg.loss.aggregation, dist.all_reduce_sum)  # (n_mb, T)
@@ -148,8 +161,10 @@ def main(argv: list[str]) -> None:
             for s in range(0, len(rows), cfg.micro_batch_size):
                 r = rows[s:s + cfg.micro_batch_size]
                 cur = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
-                                           temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)
-                a_tok = adv[r].to(device)[:, None].expand_as(mask[r])  # (n_micro, T)
+                                           temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
+                                           with_expected_u=need_u)
+                # 5. modulate (DynaMO token level): A <- A * beta_comp * beta_stab, both detached
+                a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], xi_max, factors)  # (n_micro, T)
                 loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[s:s + len(r)],
                                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
                                     dual_clip=cfg.loss.dual_clip)
@@ -188,6 +203,12 @@ def main(argv: list[str]) -> None:
             f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
             f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
             f"upd {row['time/update']:.2f}s")
+        row.update(factor_stats(factors))
+        row.update({f"verifier/{k}": v for k, v in verifier_stats().items()
+                    if k in ("parse_failures", "timeouts", "internal_errors")})
+        if mod.diagnose_every and step % mod.diagnose_every == 0:
+            row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, micro, old_logp, entropy,
+                                                                        adv_tok, mask, old_u)
         if metrics_file:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
@@ -208,6 +229,53 @@ def main(argv: list[str]) -> None:
         if first_eval and last_eval:
             summarise(first_eval, last_eval, cfg.out_dir)
     dist.shutdown()
+
+
+def modulate(cfg, cur: dict, old_logp, adv, mask, xi_max, factors: dict) -> torch.Tensor:
+    """Token advantages times DynaMO's factors (SPEC §5); with both switches off, adv unchanged."""
+    m, out = cfg.modulation, adv
+    valid = mask.bool()
+    if m.compensation:  # boost confident tokens of correct answers (softmax attenuation, SPEC §1)
+        beta = compensation(cur["entropy"], adv, mask, alpha=m.alpha)  # (n, T)
+        factors["comp"].append(beta[valid])
+        out = out * beta
+    if m.stabilization:  # damp the tokens whose predicted entropy change is largest
+        xi = entropy_change(cur["logp"], old_logp, cur["entropy"], adv, mask, eps_low=cfg.loss.eps_low,
+                            eps_high=cfg.loss.eps_high, mode=m.estimate, expected_u=cur.get("expected_u"))
+        beta = stabilization(xi, mask, lambda_min=m.lambda_min, gamma=m.gamma, tau=m.tau, xi_max=xi_max)  # (n, T)
+        factors["stab"].append(beta[valid])
+        out = out * beta
+    return out
+
+
+def factor_stats(factors: dict) -> dict:
+    """Mean and percentiles of each factor over this rank's valid tokens, and the damped fraction."""
+    row = {}
+    for name, parts in factors.items():
+        if parts:
+            v = torch.cat(parts).float()
+            q = torch.quantile(v, torch.tensor([0.05, 0.5, 0.95])).tolist()
+            row.update({f"modulation/{name}_mean": v.mean().item(), f"modulation/{name}_p05": q[0],
+                        f"modulation/{name}_p50": q[1], f"modulation/{name}_p95": q[2]})
+            if name == "stab":
+                row["modulation/damped_frac"] = (v < 0.95).float().mean().item()
+    return row
+
+
+@torch.no_grad()
+def entropy_change_corr(cfg, model, ro, micro, old_logp, entropy, adv, mask, old_u) -> float:
+    """Pearson correlation, over valid tokens, of the predicted (SPEC §1 Eq. 29) and the measured
+    entropy change of this step's update: one extra forward pass, so only every k steps."""
+    new = torch.cat([response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
+                                          temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)["entropy"]
+                     for m in micro])  # (N, T)
+    mode = cfg.modulation.estimate if old_u is not None or cfg.modulation.estimate != "exact" else "head"
+    pred = predicted_entropy_change(old_logp, old_logp, entropy, adv, mask, eps_low=cfg.loss.eps_low,
+                                    eps_high=cfg.loss.eps_high, mode=mode, expected_u=old_u)  # (N, T)
+    valid = mask.bool()
+    x, y = pred[valid].double(), (new - entropy)[valid].double()
+    x, y = x - x.mean(), y - y.mean()
+    return (x * y).sum().item() / max(1e-12, (x.norm() * y.norm()).item())
 
 
 def summarise(first: dict, last: dict, out_dir: str) -> None:

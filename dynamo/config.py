@@ -1,6 +1,7 @@
 """One typed config for the whole run: YAML file + `key=value` overrides, validated at start.
 
-Overrides use dotted paths into the sections below, e.g.
+A YAML file may start from another one with `base: other.yaml` (a path relative to it), so an
+ablation config is its base plus the one line that differs. Overrides use dotted paths into the sections below, e.g.
     python train.py --config configs/default.yaml optim.lr=1e-5 rollout.temperature=0.7
 A leading `--` is accepted too (`--optim.lr=1e-5`). Values are parsed as YAML scalars, so `true`,
 `3`, `1e-5`, `null` and `[1, 2]` mean what they look like.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +36,19 @@ class LossConfig:
     eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (SPEC §6)
     dual_clip: float = 10.0  # dual-clip constant c for negative advantages (SPEC §6)
     aggregation: str = "token_mean"  # 'token_mean' (official) | 'prompt_mean' (each prompt weighs the same)
+
+
+@dataclass
+class ModulationConfig:
+    compensation: bool = False  # beta_comp: boost confident tokens of correct answers (SPEC §5)
+    stabilization: bool = False  # beta_stab: damp tokens with the largest predicted entropy change
+    alpha: float = 0.2  # compensation strength (official mu_max = 1 + alpha)
+    lambda_min: float = 0.6  # floor of beta_stab
+    gamma: float = 50.0  # sharpness of the beta_stab sigmoid
+    tau: float = 0.99  # beta_stab sigmoid centre on the normalised entropy change
+    estimate: str = "head"  # entropy-change estimate: 'head' (official) | 'exact' | 'v0'
+    scope: str = "micro_batch"  # max of the estimate taken per 'micro_batch' (official) or over the 'step'
+    diagnose_every: int = 0  # every k steps correlate predicted with measured entropy change (0 = off)
 
 
 @dataclass
@@ -63,7 +78,7 @@ class WarmupConfig:
 @dataclass
 class Config:
     seed: int = 0  # everything random derives from this
-    out_dir: str = "runs/default"  # metrics, samples, config and checkpoints go here
+    out_dir: str = ""  # metrics, samples, config, checkpoints; "" = runs/<config file name>
     model: str = "tiny"  # 'tiny' = the embedded model (built and warmed up here) or a local HF directory
     data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL file of problems with answers
     template: str = "plain"  # prompt template: 'plain' (text as is) | 'boxed' (base model) | 'chat'
@@ -84,6 +99,7 @@ class Config:
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    modulation: ModulationConfig = field(default_factory=ModulationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
@@ -98,10 +114,14 @@ CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "allocation": ("uniform",),
     "loss.aggregation": ("token_mean", "prompt_mean"),
+    "modulation.estimate": ("head", "exact", "v0"),
+    "modulation.scope": ("micro_batch", "step"),
 }
 
 # One-line presets: `preset=grpo` etc. are applied before the other overrides.
-PRESETS: dict[str, dict] = {}
+PRESETS = {
+    "decay5": {"modulation.alpha": 0.4, "modulation.tau": 0.9},  # the official decay5_linearnorm mode
+}
 
 
 def _coerce(key: str, value, typ):
@@ -173,6 +193,10 @@ def _check(cfg: Config) -> None:
                           f"required, got {cfg.loss.eps_low}, {cfg.loss.eps_high}, {cfg.loss.dual_clip}")
     if o.lr <= 0 or o.grad_clip <= 0 or o.warmup_steps < 0:
         raise ConfigError("config keys 'optim.lr' and 'optim.grad_clip' must be > 0, 'optim.warmup_steps' >= 0")
+    m = cfg.modulation
+    if not 0 <= m.lambda_min <= 1 or m.alpha < 0 or m.gamma <= 0 or m.diagnose_every < 0:
+        raise ConfigError("config keys 'modulation.lambda_min' in [0, 1], 'modulation.alpha' >= 0, "
+                          "'modulation.gamma' > 0, 'modulation.diagnose_every' >= 0 required")
 
 
 def to_dict(cfg) -> dict:
@@ -196,19 +220,10 @@ def load_config(argv: list[str]) -> Config:
         else:
             raise ConfigError(f"cannot read argument {arg!r}: use --config FILE and key=value overrides")
     if path is not None:
-        try:
-            with open(path) as f:
-                doc = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"malformed YAML in {path}: {e}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-        preset = doc.pop("preset", None)
-        _apply_preset(cfg, preset)
-        for k, v in doc.items():
-            _set(cfg, k, v)
+        for doc in _read_yaml_chain(path):
+            _apply_preset(cfg, doc.pop("preset", None))
+            for k, v in doc.items():
+                _set(cfg, k, v)
     for item in overrides:
         key, raw = item.split("=", 1)
         try:
@@ -219,8 +234,29 @@ def load_config(argv: list[str]) -> Config:
             _apply_preset(cfg, value)
         else:
             _set(cfg, key, value)
+    if not cfg.out_dir:
+        cfg.out_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "default")
     _check(cfg)
     return cfg
+
+
+def _read_yaml_chain(path: str, depth: int = 0) -> list[dict]:
+    """The YAML mapping at `path`, preceded by the files it names as `base:` (relative to it)."""
+    if depth > 8:
+        raise ConfigError(f"config file {path}: 'base' chain deeper than 8 files (a cycle?)")
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML in {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    base = doc.pop("base", None)
+    if base is None:
+        return [doc]
+    return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1) + [doc]
 
 
 def _apply_preset(cfg: Config, name) -> None:

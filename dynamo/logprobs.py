@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dynamo.rollout import position_ids
+from dynamo.stabilizer import expected_u_from_logits
 
 
 def _token_stats(hidden, targets, lm_head, temperature: float, with_expected_u: bool):
@@ -23,8 +24,7 @@ def _token_stats(hidden, targets, lm_head, temperature: float, with_expected_u: 
     entropy = -(p_all * logp_all).sum(-1)  # (C,)
     if not with_expected_u:
         return logp, entropy
-    expected_u = (p_all.square() * (logp_all + entropy[:, None])).sum(-1)  # (C,)
-    return logp, entropy, expected_u
+    return logp, entropy, expected_u_from_logits(logits)  # (C,) each
 
 
 def response_token_stats(model, input_ids, attention_mask, prompt_length: int, *, temperature: float = 1.0,

@@ -41,3 +41,18 @@ def test_yaml_errors(tmp_path):
         load_config(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(ConfigError, match="'loss.eps_hi'"):
         load_config(["--config", write(tmp_path, "loss:\n  eps_hi: 0.3\n")])
+
+
+def test_ablation_configs_differ_from_the_main_job_by_their_own_lines():
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    main = load_config(["--config", os.path.join(root, "default.yaml")])
+    assert main.modulation.compensation and main.modulation.stabilization  # the main job is DynaMO
+    grpo = load_config(["--config", os.path.join(root, "grpo.yaml")])
+    assert not grpo.modulation.compensation and not grpo.modulation.stabilization
+    assert grpo.out_dir == os.path.join("runs", "grpo")
+    d5 = load_config(["--config", os.path.join(root, "decay5.yaml")])
+    assert (d5.modulation.alpha, d5.modulation.tau) == (0.4, 0.9)
+    for name in os.listdir(root):
+        cfg = load_config(["--config", os.path.join(root, name)])  # every shipped config is valid
+        assert cfg.out_dir.endswith(os.path.splitext(name)[0])
