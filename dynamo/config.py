@@ -203,9 +203,10 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_config(argv: list[str]) -> Config:
-    """Parse `[--config FILE] [key=value ...]` into a checked Config."""
-    cfg, path, overrides = Config(), None, []
+def load_config(argv: list[str], cls=None, check=None):
+    """Parse `[--config FILE] [key=value ...]` into a checked Config (or another config dataclass
+    `cls` with its own `check` function, e.g. eval.py's)."""
+    cfg, path, overrides = (cls or Config)(), None, []
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -234,9 +235,9 @@ def load_config(argv: list[str]) -> Config:
             _apply_preset(cfg, value)
         else:
             _set(cfg, key, value)
-    if not cfg.out_dir:
+    if hasattr(cfg, "out_dir") and not cfg.out_dir:
         cfg.out_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "default")
-    _check(cfg)
+    (check or _check)(cfg)
     return cfg
 
 
@@ -259,7 +260,7 @@ def _read_yaml_chain(path: str, depth: int = 0) -> list[dict]:
     return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1) + [doc]
 
 
-def _apply_preset(cfg: Config, name) -> None:
+def _apply_preset(cfg, name) -> None:
     if name is None:
         return
     if name not in PRESETS:
