@@ -22,17 +22,18 @@ import time
 import torch
 
 from dynamo import checkpoint, distributed as dist
+from dynamo.allocator import PromptStats, allocation_telemetry, rollout_counts
 from dynamo.config import ConfigError, dump, load_config, to_dict
 from dynamo.data import PromptOrder, load_problems, render
 from dynamo.evaluate import evaluate
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
 from dynamo.model import load_pretrained
-from dynamo.modulator import compensation
+from dynamo.modulation import entropy_change_corr, factor_stats, modulate
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, sample
 from dynamo.verifier import stats as verifier_stats
-from dynamo.stabilizer import entropy_change, predicted_entropy_change, stabilization
+from dynamo.stabilizer import entropy_change
 
 
 def seed_for(*parts) -> int:
@@ -80,6 +81,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"data error: {len(too_long)} prompts exceed rollout.max_prompt_tokens = "
                  f"{cfg.rollout.max_prompt_tokens} (first: {too_long[0]!r})")
     order = PromptOrder(len(pool), cfg.seed)
+    prompt_stats = PromptStats()  # per-prompt (G, k): the allocator's only state, saved with checkpoints
+    oracle = measure_pass_rates(cfg, model, tokenizer, pool, pool_prompts) if cfg.allocation == "oracle" else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
@@ -110,11 +113,18 @@ def main(argv: list[str]) -> None:
     for step in range(1, cfg.steps + 1):
         t0 = time.time()
         # 0. draw this step's prompts; rank r takes every world-th one
-        batch, _ = order.next(cfg.prompts_per_step)
+        batch, new_epoch = order.next(cfg.prompts_per_step)
+        if new_epoch or cfg.allocator.refresh == "step":
+            prompt_stats.refresh()  # priorities are a snapshot: official per epoch (SPEC §2)
         mine = batch[rank::world]
         problems = [pool[i] for i in mine]
-        # 1. allocate rollouts: uniform GRPO, every prompt gets the nominal n
-        counts = [cfg.rollouts_per_prompt] * p_local
+        ids = [p.prompt_id for p in problems]
+        # 1. allocate rollouts: the same total on every rank, shared by priority within it (SPEC §3)
+        G, rho = prompt_stats.view(ids)
+        a = cfg.allocator
+        counts = rollout_counts(G, rho, p_local * cfg.rollouts_per_prompt, mode=cfg.allocation, weight=a.weight,
+                                rule=a.rule, n_min=a.n_min, n_max=a.n_max, exploration_budget=a.exploration_budget,
+                                oracle_pass_rates=[oracle[i] for i in mine] if oracle else None)
         # 2. sample with the KV cache; seeded by (seed, step, rank) so resume and eval never shift it
         torch.manual_seed(seed_for(cfg.seed, "rollout", step, rank))
         ro = sample(model, tokenizer, [pool_prompts[i] for i in mine], counts,
@@ -122,10 +132,17 @@ def main(argv: list[str]) -> None:
                     max_new_tokens=cfg.rollout.max_new_tokens)
         texts = decode_responses(tokenizer, ro)
         t_gen = time.time() - t0
-        # 3. verify each response against its own prompt's reference (joined by prompt_index)
+        # 3. verify each response against its own prompt's reference (joined by prompt_index, SPEC §8)
         pidx = ro.prompt_index  # (N,)
         correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
         rewards = correct.float() * 2 - 1  # (N,) +-1
+        # every rank gets every response's own (prompt id, correct) pair, so all hold the same table
+        pass_rates = [prompt_stats.pass_rate(i) for i in ids]  # the estimates the allocation saw
+        parts = dist.all_gather_objects(([ids[i] for i in pidx.tolist()], correct.tolist(), counts, pass_rates,
+                                         [p.level for p in problems], [rewards[pidx == j].tolist()
+                                                                       for j in range(p_local)]))
+        for part in parts:
+            prompt_stats.update(part[0], part[1])
         # 4. group advantages over the rollouts of each prompt, any group size (SPEC §4)
         adv = group_advantages(rewards, pidx)  # (N,)
         # 5. old log-probs of the behaviour policy (no grad), in micro-batches
@@ -203,6 +220,7 @@ def main(argv: list[str]) -> None:
             f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
             f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
             f"upd {row['time/update']:.2f}s")
+        row.update(allocation_telemetry(*(sum((part[i] for part in parts), []) for i in (2, 3, 4, 5))))
         row.update(factor_stats(factors))
         row.update({f"verifier/{k}": v for k, v in verifier_stats().items()
                     if k in ("parse_failures", "timeouts", "internal_errors")})
@@ -224,58 +242,20 @@ def main(argv: list[str]) -> None:
     last_eval = run_eval(cfg.steps)
     if dist.is_main():
         path = checkpoint.save(os.path.join(cfg.out_dir, "final"), model, tokenizer,
-                               {"step": cfg.steps, "config": to_dict(cfg)})
+                               {"step": cfg.steps, "config": to_dict(cfg), "prompt_stats": prompt_stats.state_dict()})
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         if first_eval and last_eval:
             summarise(first_eval, last_eval, cfg.out_dir)
     dist.shutdown()
 
 
-def modulate(cfg, cur: dict, old_logp, adv, mask, xi_max, factors: dict) -> torch.Tensor:
-    """Token advantages times DynaMO's factors (SPEC §5); with both switches off, adv unchanged."""
-    m, out = cfg.modulation, adv
-    valid = mask.bool()
-    if m.compensation:  # boost confident tokens of correct answers (softmax attenuation, SPEC §1)
-        beta = compensation(cur["entropy"], adv, mask, alpha=m.alpha)  # (n, T)
-        factors["comp"].append(beta[valid])
-        out = out * beta
-    if m.stabilization:  # damp the tokens whose predicted entropy change is largest
-        xi = entropy_change(cur["logp"], old_logp, cur["entropy"], adv, mask, eps_low=cfg.loss.eps_low,
-                            eps_high=cfg.loss.eps_high, mode=m.estimate, expected_u=cur.get("expected_u"))
-        beta = stabilization(xi, mask, lambda_min=m.lambda_min, gamma=m.gamma, tau=m.tau, xi_max=xi_max)  # (n, T)
-        factors["stab"].append(beta[valid])
-        out = out * beta
-    return out
-
-
-def factor_stats(factors: dict) -> dict:
-    """Mean and percentiles of each factor over this rank's valid tokens, and the damped fraction."""
-    row = {}
-    for name, parts in factors.items():
-        if parts:
-            v = torch.cat(parts).float()
-            q = torch.quantile(v, torch.tensor([0.05, 0.5, 0.95])).tolist()
-            row.update({f"modulation/{name}_mean": v.mean().item(), f"modulation/{name}_p05": q[0],
-                        f"modulation/{name}_p50": q[1], f"modulation/{name}_p95": q[2]})
-            if name == "stab":
-                row["modulation/damped_frac"] = (v < 0.95).float().mean().item()
-    return row
-
-
-@torch.no_grad()
-def entropy_change_corr(cfg, model, ro, micro, old_logp, entropy, adv, mask, old_u) -> float:
-    """Pearson correlation, over valid tokens, of the predicted (SPEC §1 Eq. 29) and the measured
-    entropy change of this step's update: one extra forward pass, so only every k steps."""
-    new = torch.cat([response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
-                                          temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)["entropy"]
-                     for m in micro])  # (N, T)
-    mode = cfg.modulation.estimate if old_u is not None or cfg.modulation.estimate != "exact" else "head"
-    pred = predicted_entropy_change(old_logp, old_logp, entropy, adv, mask, eps_low=cfg.loss.eps_low,
-                                    eps_high=cfg.loss.eps_high, mode=mode, expected_u=old_u)  # (N, T)
-    valid = mask.bool()
-    x, y = pred[valid].double(), (new - entropy)[valid].double()
-    x, y = x - x.mean(), y - y.mean()
-    return (x * y).sum().item() / max(1e-12, (x.norm() * y.norm()).item())
+def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:
+    """True pass rates of the training pool for `allocation: oracle`, from many samples at the start
+    (the policy then moves, so the oracle is exact only early on; it exists for measurement)."""
+    res = evaluate(model, tokenizer, pool, prompts, samples=cfg.allocator.oracle_samples,
+                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                   max_new_tokens=cfg.rollout.max_new_tokens, seed=seed_for(cfg.seed, "oracle"))
+    return res["per_problem"]
 
 
 def summarise(first: dict, last: dict, out_dir: str) -> None:

@@ -31,6 +31,17 @@ class RolloutConfig:
 
 
 @dataclass
+class AllocatorConfig:
+    n_min: int = 4  # fewest rollouts any prompt gets (SPEC §3 n_low)
+    n_max: int = 16  # most rollouts any prompt gets (SPEC §3 n_high)
+    exploration_budget: int = 4  # rollouts an unseen prompt gets before it has a priority (b0)
+    weight: str = "variance"  # 'variance' k(G-k)/(G(G-1)) (official) | 'std' (sqrt: literal Neyman)
+    rule: str = "official"  # 'official' floor + proportional share | 'water_level' exact clip rule
+    refresh: str = "epoch"  # priorities snapshotted once per 'epoch' (official) or every 'step'
+    oracle_samples: int = 64  # samples per prompt measuring true pass rates at the start (allocation: oracle)
+
+
+@dataclass
 class LossConfig:
     eps_low: float = 0.2  # PPO clip below: ratio >= 1 - eps_low
     eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (SPEC §6)
@@ -87,7 +98,7 @@ class Config:
     steps: int = 80  # RL steps
     prompts_per_step: int = 16  # P: prompts per step (all ranks together)
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
-    allocation: str = "uniform"  # 'uniform' (GRPO): every prompt gets rollouts_per_prompt
+    allocation: str = "dynamo"  # 'dynamo' (SPEC §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
@@ -98,6 +109,7 @@ class Config:
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -112,7 +124,10 @@ CHOICES = {
     "template": ("plain", "boxed", "chat"),
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "bfloat16"),
-    "allocation": ("uniform",),
+    "allocation": ("uniform", "dynamo", "oracle"),
+    "allocator.weight": ("variance", "std"),
+    "allocator.rule": ("official", "water_level"),
+    "allocator.refresh": ("epoch", "step"),
     "loss.aggregation": ("token_mean", "prompt_mean"),
     "modulation.estimate": ("head", "exact", "v0"),
     "modulation.scope": ("micro_batch", "step"),
@@ -180,7 +195,7 @@ def _check(cfg: Config) -> None:
         value = getattr(getattr(cfg, section) if section else cfg, name)
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
-    r, o = cfg.rollout, cfg.optim
+    r, a, o = cfg.rollout, cfg.allocator, cfg.optim
     if not 0.0 < r.temperature:
         raise ConfigError(f"config key 'rollout.temperature' must be > 0, got {r.temperature}")
     if not 0.0 < r.top_p <= 1.0:
@@ -188,6 +203,14 @@ def _check(cfg: Config) -> None:
     if cfg.rollouts_per_step % cfg.mini_batches:
         raise ConfigError(f"config key 'mini_batches' = {cfg.mini_batches} must divide the rollout budget "
                           f"prompts_per_step * rollouts_per_prompt = {cfg.rollouts_per_step}")
+    if a.n_min < 1 or a.n_min > a.n_max:
+        raise ConfigError(f"config keys 'allocator.n_min' = {a.n_min} and 'allocator.n_max' = {a.n_max}: "
+                          "need 1 <= n_min <= n_max")
+    if cfg.allocation != "uniform" and not a.n_min <= cfg.rollouts_per_prompt <= a.n_max:
+        raise ConfigError(f"config key 'rollouts_per_prompt' = {cfg.rollouts_per_prompt}: the budget P * n cannot "
+                          f"be met with every prompt in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}]")
+    if a.exploration_budget < 0 or a.oracle_samples < 1:
+        raise ConfigError("config keys 'allocator.exploration_budget' >= 0 and 'allocator.oracle_samples' >= 1 required")
     if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:
         raise ConfigError("config keys 'loss.eps_low' in [0, 1), 'loss.eps_high' >= 0, 'loss.dual_clip' > 1 "
                           f"required, got {cfg.loss.eps_low}, {cfg.loss.eps_high}, {cfg.loss.dual_clip}")

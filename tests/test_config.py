@@ -28,6 +28,13 @@ def test_yaml_then_overrides_in_both_spellings(tmp_path):
     (["steps=0"], "'steps'"),
     (["optim=3"], "'optim'"),
     (["whatever"], "key=value"),
+    (["allocation=random"], "'allocation'"),
+    (["allocator.n_min=20"], "'allocator.n_min'"),
+    (["allocator.n_min=6", "rollouts_per_prompt=5"], "'rollouts_per_prompt'"),
+    (["allocator.n_max=7"], "'rollouts_per_prompt'"),
+    (["allocator.rule=greedy"], "'allocator.rule'"),
+    (["modulation.estimate=guess"], "'modulation.estimate'"),
+    (["preset=decay7"], "'preset'"),
 ])
 def test_bad_values_name_the_key(args, needle):
     with pytest.raises(ConfigError, match=needle):

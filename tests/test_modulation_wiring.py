@@ -3,7 +3,7 @@ import torch
 
 from dynamo.config import load_config
 from dynamo.grpo import ppo_loss, token_weights
-from train import modulate
+from dynamo.modulation import modulate
 
 
 def inputs(seed=0):
