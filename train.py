@@ -55,41 +55,55 @@ def main(argv: list[str]) -> None:
                           else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     log = dist.print0
-    if dist.is_main():
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
-            f.write(dump(cfg))
     log(dump(cfg))
 
-    # ---------------------------------------------------------------- setup
-    torch.manual_seed(cfg.seed)
-    if cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
-        from dynamo.warmup import warm_up
+    # ---------------------------------------------------------------- setup (every input checked first)
+    try:
         if dist.is_main():
-            warm_up(cfg, torch.device("cpu"), log=log)
-        dist.barrier()
-        model, tokenizer, _ = warm_up(cfg, torch.device("cpu"), log=lambda *a: None)
-    else:
-        model, tokenizer = load_pretrained(cfg.model, dtype)
+            check_writable(cfg.out_dir)
+        resume = checkpoint.latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
+        state = checkpoint.load_state(resume) if resume else None
+        pool, heldout = load_problems(cfg)
+        torch.manual_seed(cfg.seed)
+        if resume:  # the policy (and its tokenizer) come back from the checkpoint
+            model, tokenizer = load_pretrained(resume, dtype)
+        elif cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
+            from dynamo.warmup import warm_up
+            if dist.is_main():
+                warm_up(cfg, torch.device("cpu"), log=log)
+            dist.barrier()
+            model, tokenizer, _ = warm_up(cfg, torch.device("cpu"), log=lambda *a: None)
+        else:
+            model, tokenizer = load_pretrained(cfg.model, dtype)
+        pool = drop_long_prompts(cfg, pool, tokenizer, log)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if dist.is_main():
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(dump(cfg))
     model.to(device=device, dtype=dtype).train()
-    pool, heldout = load_problems(cfg)
     pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
     heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
-    too_long = [p.prompt_id for p, s in zip(pool, pool_prompts)
-                if len(tokenizer(s)["input_ids"]) > cfg.rollout.max_prompt_tokens]
-    if too_long:
-        sys.exit(f"data error: {len(too_long)} prompts exceed rollout.max_prompt_tokens = "
-                 f"{cfg.rollout.max_prompt_tokens} (first: {too_long[0]!r})")
     order = PromptOrder(len(pool), cfg.seed)
     prompt_stats = PromptStats()  # per-prompt (G, k): the allocator's only state, saved with checkpoints
-    oracle = measure_pass_rates(cfg, model, tokenizer, pool, pool_prompts) if cfg.allocation == "oracle" else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
-    metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if dist.is_main() else None
-    samples_file = open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") if dist.is_main() else None
+    start, bad_steps, skipped, first_eval, oracle = 1, 0, 0, None, None
+    if state:  # exact resume: everything the next step depends on (sampling seeds derive from the step)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        order.load_state_dict(state["order"])
+        prompt_stats.load_state_dict(state["prompt_stats"])
+        checkpoint.set_rng_state(state["rng"])
+        start, bad_steps, skipped = state["step"] + 1, state["bad_steps"], state["skipped"]
+        first_eval, oracle = state["first_eval"], state["oracle"]
+        log(f"resumed from {resume} at step {state['step']}")
+    elif cfg.allocation == "oracle":
+        oracle = measure_pass_rates(cfg, model, tokenizer, pool, pool_prompts)
+    metrics_file = open_log(cfg.out_dir, "metrics.jsonl", start) if dist.is_main() else None
+    samples_file = open_log(cfg.out_dir, "samples.jsonl", start) if dist.is_main() else None
     p_local = cfg.prompts_per_step // world
-    bad_steps = skipped = 0
 
     def run_eval(step: int) -> dict | None:
         if not heldout:
@@ -107,10 +121,19 @@ def main(argv: list[str]) -> None:
             metrics_file.flush()
         return res
 
-    first_eval = run_eval(0)
+    if first_eval is None:
+        first_eval = run_eval(0)
     t_start = time.time()
+
+    def save_checkpoint(step: int) -> str:
+        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "order": order.state_dict(), "prompt_stats": prompt_stats.state_dict(),
+                 "rng": checkpoint.rng_state(), "bad_steps": bad_steps, "skipped": skipped,
+                 "first_eval": first_eval, "oracle": oracle, "config": to_dict(cfg)}
+        return checkpoint.save(cfg.out_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+
     # ---------------------------------------------------------------- loop
-    for step in range(1, cfg.steps + 1):
+    for step in range(start, cfg.steps + 1):
         t0 = time.time()
         # 0. draw this step's prompts; rank r takes every world-th one
         batch, new_epoch = order.next(cfg.prompts_per_step)
@@ -134,7 +157,9 @@ def main(argv: list[str]) -> None:
         t_gen = time.time() - t0
         # 3. verify each response against its own prompt's reference (joined by prompt_index, SPEC §8)
         pidx = ro.prompt_index  # (N,)
+        v0 = verifier_stats()
         correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
+        v_fail = [verifier_stats()[k] - v0[k] for k in ("parse_failures", "timeouts", "internal_errors")]
         rewards = correct.float() * 2 - 1  # (N,) +-1
         # every rank gets every response's own (prompt id, correct) pair, so all hold the same table
         pass_rates = [prompt_stats.pass_rate(i) for i in ids]  # the estimates the allocation saw
@@ -206,7 +231,7 @@ def main(argv: list[str]) -> None:
         zero_adv = torch.zeros(p_local).index_add_(0, pidx, adv.abs()) == 0  # (P,) groups with no signal
         sums = torch.tensor([n, correct.sum().item(), zero_adv.sum().item(), p_local,
                              (entropy * mask).sum().item(), mask.sum().item(), ro.truncated.sum().item(),
-                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd], dtype=torch.float64)
+                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd, *v_fail], dtype=torch.float64)
         sums = dist.all_reduce_sum(sums)
         total, n_tok = sums[0].item(), sums[5].item()
         row = {"step": step, "reward": (2 * sums[1].item() - total) / total, "accuracy": sums[1].item() / total,
@@ -215,15 +240,14 @@ def main(argv: list[str]) -> None:
                "grad_norm": stats["grad_norm"], "clip_frac": sums[7].item() / total, "approx_kl": sums[8].item() / total,
                "loss": stats["loss"], "skipped_steps": skipped, "lr": sched.get_last_lr()[0],
                "time/generate": sums[9].item() / world, "time/update": sums[10].item() / world,
-               "time/step": time.time() - t0}
+               "verifier/parse_failure_frac": sums[11].item() / total, "verifier/timeouts": sums[12].item(),
+               "verifier/internal_errors": sums[13].item(), "time/step": time.time() - t0}
         log(f"step {step:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} zero-adv {row['zero_adv_groups']:.2f} "
             f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
             f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
             f"upd {row['time/update']:.2f}s")
         row.update(allocation_telemetry(*(sum((part[i] for part in parts), []) for i in (2, 3, 4, 5))))
         row.update(factor_stats(factors))
-        row.update({f"verifier/{k}": v for k, v in verifier_stats().items()
-                    if k in ("parse_failures", "timeouts", "internal_errors")})
         if mod.diagnose_every and step % mod.diagnose_every == 0:
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, micro, old_logp, entropy,
                                                                         adv_tok, mask, old_u)
@@ -238,15 +262,58 @@ def main(argv: list[str]) -> None:
             samples_file.flush()
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps and dist.is_main():
+            save_checkpoint(step)
 
     last_eval = run_eval(cfg.steps)
     if dist.is_main():
-        path = checkpoint.save(os.path.join(cfg.out_dir, "final"), model, tokenizer,
-                               {"step": cfg.steps, "config": to_dict(cfg), "prompt_stats": prompt_stats.state_dict()})
+        path = save_checkpoint(cfg.steps)
+        checkpoint.mark_final(cfg.out_dir, path)
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         if first_eval and last_eval:
             summarise(first_eval, last_eval, cfg.out_dir)
     dist.shutdown()
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail now, not after an hour of generation, if the run cannot write its outputs."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
+
+
+def drop_long_prompts(cfg, pool: list, tokenizer, log) -> list:
+    """Prompts longer than rollout.max_prompt_tokens are skipped and counted, or stop the run."""
+    limit = cfg.rollout.max_prompt_tokens
+    lengths = [len(tokenizer(render(p.prompt, cfg.template, tokenizer))["input_ids"]) for p in pool]
+    long = [p.prompt_id for p, n in zip(pool, lengths) if n > limit]
+    if long and cfg.rollout.too_long == "stop":
+        raise ValueError(f"{len(long)} prompts exceed rollout.max_prompt_tokens = {limit} (first: {long[0]!r}); "
+                         "raise the limit or set rollout.too_long=skip")
+    if long:
+        log(f"[data] skipped {len(long)} of {len(pool)} prompts longer than {limit} tokens")
+    kept = [p for p, n in zip(pool, lengths) if n <= limit]
+    if not kept:
+        raise ValueError(f"no training prompt fits rollout.max_prompt_tokens = {limit}")
+    return kept
+
+
+def open_log(out_dir: str, name: str, start: int):
+    """Append to a JSONL log; on resume, first drop the rows of steps the checkpoint does not cover."""
+    path = os.path.join(out_dir, name)
+    if start > 1 and os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] < start]
+        with open(path, "w") as f:
+            f.writelines(rows)
+    elif start == 1 and os.path.exists(path):
+        os.remove(path)  # a fresh run owns its directory's logs
+    return open(path, "a")
 
 
 def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:

@@ -27,7 +27,8 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature; log-probs and entropy use the same scaling
     top_p: float = 1.0  # nucleus sampling; 1.0 = the full distribution (the policy being trained)
     max_new_tokens: int = 48  # response length limit; longer responses are truncated and flagged
-    max_prompt_tokens: int = 96  # prompts longer than this are rejected at start (see data.too_long)
+    max_prompt_tokens: int = 96  # prompt length limit in tokens, checked at start
+    too_long: str = "stop"  # a training prompt over the limit: 'stop' the run at start, or 'skip' it (counted)
 
 
 @dataclass
@@ -105,6 +106,9 @@ class Config:
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
     eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
+    checkpoint_every: int = 0  # save a resumable checkpoint every k steps (0 = only at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    resume: str = ""  # '' = start fresh, 'auto' = newest complete checkpoint in out_dir (if any), or a path
     sample_every: int = 20  # dump (prompt, response, reward, advantage) samples every k steps
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
@@ -122,6 +126,7 @@ class Config:
 
 CHOICES = {
     "template": ("plain", "boxed", "chat"),
+    "rollout.too_long": ("stop", "skip"),
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "bfloat16"),
     "allocation": ("uniform", "dynamo", "oracle"),

@@ -50,7 +50,8 @@ def read_jsonl(path: str) -> list[Problem]:
                 duplicates += 1
                 continue
             seen.add(text)
-            pid = str(row.get("unique_id") or row.get("id") or row.get("idx") or f"{name}:{line_no}")
+            pid = next((str(row[k]) for k in ("unique_id", "id", "idx") if row.get(k) is not None),
+                       f"{name}:{line_no}")  # an id of 0 is an id
             problems.append(Problem(pid, text, answer, str(row.get("level", name))))
     if not problems:
         raise ValueError(f"data file {path} holds no problems")

@@ -1,0 +1,164 @@
+# python -m pytest -q tests/test_resume.py  — exact resume, crash safety, bad input, non-finite steps.
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from tests.helpers import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "default.yaml")
+# Easy levels and a short warm-up: the policy is right often enough for real gradients.
+SMALL = ["prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=8", "eval_samples=1", "train_pool=12",
+         "task_levels=[add1, add2]", "warmup.steps=60", "warmup.check_every=60", "rollout.max_new_tokens=24",
+         "eval_every=0", "sample_every=0", "optim.lr=1e-3", "optim.warmup_steps=1"]
+
+
+def run(args, cwd, env_extra=None, wait=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *SMALL, *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def step_rows(out):
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if "reward" in r}
+
+
+def weights(out, step):
+    return load_file(os.path.join(out, "checkpoints", f"step-{step:06d}", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return f"warmup.cache_dir={tmp_path_factory.mktemp('cache')}"
+
+
+def test_resume_is_exact(tmp_path, cache):
+    full, split = tmp_path / "full", tmp_path / "split"
+    run([cache, "steps=6", f"out_dir={full}"], tmp_path)
+    run([cache, "steps=3", f"out_dir={split}"], tmp_path)
+    out = run([cache, "steps=6", f"out_dir={split}", "resume=auto"], tmp_path)
+    assert "resumed from" in out and "step-000003" in out
+    a, b = step_rows(full), step_rows(split)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]  # rows of steps 1-3 kept, 4-6 appended once
+    assert any(a[s]["grad_norm"] > 0 for s in (4, 5, 6)), "the comparison needs real updates"
+    for s in (4, 5, 6):
+        assert a[s] == b[s], s
+    wa, wb = weights(full, 6), weights(split, 6)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise on CPU
+    assert os.path.realpath(full / "final").endswith("step-000006")
+
+
+def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path, cache):
+    out = tmp_path / "out"
+    proc = run([cache, "steps=4", "checkpoint_every=1", f"out_dir={out}"], tmp_path,
+               env_extra={"DYNAMO_SLOW_CHECKPOINT": "60"}, wait=False)
+    half = out / "checkpoints" / "step-000001.tmp" / "model.safetensors"
+    deadline = time.time() + 300
+    while not half.exists():  # the first save is under way: its weights are written, its state is not
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "checkpoints" / "step-000001").exists()  # nothing half-written looks complete
+    # Kill again in the second save, after the first one completed.
+    proc = run([cache, "steps=4", "checkpoint_every=1", f"out_dir={out}", "resume=auto"], tmp_path,
+               env_extra={"DYNAMO_SLOW_CHECKPOINT": "0.01"}, wait=False)
+    proc.wait(timeout=600)
+    assert proc.returncode == 0
+    log = run([cache, "steps=6", "checkpoint_every=1", f"out_dir={out}", "resume=auto"], tmp_path)
+    assert "step-000004" in log and "step    5 | reward" in log
+    assert sorted(step_rows(out)) == [1, 2, 3, 4, 5, 6]
+    names = sorted(os.listdir(out / "checkpoints"))
+    assert names == ["step-000004", "step-000005", "step-000006"]  # keep_checkpoints = 3
+
+
+# ---------------------------------------------------------------------------------- bad input, in-process
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    model, tok = tiny(seed=0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def fail(args, capsys=None):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", CONFIG, *SMALL, "steps=1", *args])
+    return str(e.value.code)
+
+
+GOOD = ['{"problem": "12+34=", "answer": "46"}', '{"problem": "5*6=", "answer": "30"}']
+
+
+@pytest.mark.parametrize("rows, needle", [
+    (None, "data file not found"),
+    ([], "holds no problems"),
+    ([GOOD[0], '{"problem": "1+1=", "answer": '], "bad.jsonl:2: malformed JSON"),
+    ([GOOD[0], '{"problem": "1+1="}'], "bad.jsonl:2"),
+    ([GOOD[0], '{"answer": "2"}'], "bad.jsonl:2: no problem text"),
+    (['{"id": 7, "problem": "1+1=", "answer": "2"}', '{"id": 7, "problem": "2+2=", "answer": "4"}'],
+     "duplicate prompt id '7'"),
+])
+def test_bad_data_files_name_file_and_line(tmp_path, model_dir, rows, needle):
+    path = tmp_path / "bad.jsonl"
+    if rows is not None:
+        write(path, rows)
+    msg = fail([f"model={model_dir}", f"data={path}", f"out_dir={tmp_path / 'out'}"])
+    assert needle in msg
+
+
+def test_bad_model_and_output_directories(tmp_path, model_dir):
+    data = write(tmp_path / "d.jsonl", GOOD)
+    assert "model directory not found" in fail([f"model={tmp_path / 'nope'}", f"data={data}",
+                                                f"out_dir={tmp_path / 'o'}"])
+    (tmp_path / "file").write_text("x")
+    assert "is not writable" in fail([f"model={model_dir}", f"data={data}", f"out_dir={tmp_path / 'file' / 'o'}"])
+    assert "not a complete checkpoint" in fail([f"model={model_dir}", f"data={data}", f"out_dir={tmp_path / 'o'}",
+                                                f"resume={tmp_path}"])
+    assert "config key 'stepz'" in fail(["stepz=3"])
+
+
+def test_long_prompts_stop_or_are_skipped(tmp_path, model_dir, capsys):
+    data = write(tmp_path / "d.jsonl", GOOD + ['{"problem": "' + "1+" * 60 + '1=", "answer": "61"}'])
+    common = [f"model={model_dir}", f"data={data}", "rollout.max_prompt_tokens=40"]
+    assert "1 prompts exceed rollout.max_prompt_tokens = 40" in fail([*common, f"out_dir={tmp_path / 'a'}"])
+    train.main(["--config", CONFIG, *SMALL, "steps=1", *common, "rollout.too_long=skip",
+                f"out_dir={tmp_path / 'b'}", "prompts_per_step=2"])
+    assert "skipped 1 of 3 prompts" in capsys.readouterr().out
+
+
+def test_non_finite_loss_skips_the_step_and_stops_after_a_streak(tmp_path, model_dir, monkeypatch):
+    data = write(tmp_path / "d.jsonl", GOOD)
+    real = train.ppo_loss
+    monkeypatch.setattr(train, "ppo_loss", lambda *a, **k: (lambda l, s: (l * float("nan"), s))(*real(*a, **k)))
+    out = tmp_path / "out"
+    args = ["--config", CONFIG, *SMALL, f"model={model_dir}", f"data={data}", f"out_dir={out}", "prompts_per_step=2"]
+    train.main([*args, "steps=2"])
+    rows = step_rows(out)
+    assert rows[2]["skipped_steps"] == 2
+    before, after = load_file(os.path.join(model_dir, "model.safetensors")), weights(out, 2)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched by skipped steps
+    state = torch.load(out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+    assert state["optimizer"]["state"] == {}  # AdamW moments untouched too
+    with pytest.raises(SystemExit, match="3 consecutive optimiser steps had a non-finite gradient norm"):
+        train.main([*args, "steps=5", "optim.max_bad_steps=3", f"out_dir={tmp_path / 'out2'}"])
