@@ -1,45 +1,90 @@
-"""Held-out accuracy of the policy: k samples per problem, accuracy per level, standard errors."""
+"""Sampling and grading for evaluation, shared by train.py's held-out evaluation and eval.py.
+
+`sample_and_score` draws k responses per problem with the rollout code, in batches of about
+`batch_rollouts` rollouts, and grades each one; `evaluate` is train.py's summary of it (accuracy per
+level, standard error). eval.py adds resume, benchmark files and the estimators of dynamo/metrics.py.
+"""
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 
 import torch
 
 from dynamo import distributed as dist
+from dynamo.metrics import avg_at_k
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, sample
+from dynamo.verifier import extract_answer
+
+
+def batch_seed(seed: int, problem_ids) -> int:
+    """Seed of one batch, from the run seed and the batch's problem ids alone (never from history)."""
+    return int.from_bytes(hashlib.sha256(repr((seed, tuple(problem_ids))).encode()).digest()[:8], "little") >> 1
 
 
 @torch.no_grad()
+def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples: int, temperature: float,
+                     top_p: float, max_new_tokens: int, seed: int, batch_rollouts: int = 512,
+                     fallbacks: bool = False, skip=()):
+    """Yield (problem index, its `samples` records) for every problem not in `skip`, batch by batch.
+
+    A record: response text, extracted answer (None = parse failure), verdict, length in tokens
+    (EOS included) and whether it was truncated. Batches hold batch_rollouts // samples problems
+    (at least one), longest prompts first so that an out-of-memory error shows in the first batch.
+    They depend on the prompt lengths alone and each is sampled under a seed derived from its
+    problem ids, so a resumed run regenerates exactly what an uninterrupted one would have (same
+    seed, k, batch_rollouts and number of ranks). Sampling runs on a forked RNG: evaluating never
+    changes the caller's random stream. `fallbacks` also grades "The answer is ..." endings.
+    """
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # stable: ties keep file order
+    per_batch, skip = max(1, batch_rollouts // samples), set(skip)
+    device = next(model.parameters()).device
+    for s in range(0, len(order), per_batch):
+        idx = order[s:s + per_batch]
+        if all(i in skip for i in idx):
+            continue
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(batch_seed(seed, [problems[i].prompt_id for i in idx]))
+            ro = sample(model, tokenizer, [prompts[i] for i in idx], [samples] * len(idx),
+                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        texts = decode_responses(tokenizer, ro)
+        pidx = ro.prompt_index.tolist()  # (N,) rows are joined to their problem by index
+        correct = score(texts, [problems[idx[j]].answer for j in pidx], fallbacks=fallbacks)
+        records = {i: [] for i in idx}
+        for j, text, ok, length, cut in zip(pidx, texts, correct, ro.response_mask.sum(1).tolist(),
+                                            ro.truncated.tolist()):
+            records[idx[j]].append({"answer": extract_answer(text, fallbacks=fallbacks), "correct": ok,
+                                    "length": length, "truncated": cut, "response": text})
+        for i in idx:
+            if i not in skip:
+                yield i, records[i]
+
+
 def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, temperature: float, top_p: float,
              max_new_tokens: int, seed: int, batch_size: int = 512) -> dict:
-    """Mean accuracy over problems (each the mean of `samples` draws) with its standard error.
+    """Mean accuracy over problems (each the mean of `samples` draws: avg@k) with its standard error.
 
     Ranks take problems[rank::world] and the per-problem results are gathered, so every rank returns
-    the same numbers. Sampling runs on a forked RNG: evaluating never changes the training run.
+    the same numbers. `batch_size` counts rollouts per generate call.
     """
     mine = list(range(dist.rank(), len(problems), dist.world_size()))
     per_problem = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        step = max(1, batch_size // samples)
-        for s in range(0, len(mine), step):
-            idx = mine[s:s + step]
-            rollouts = sample(model, tokenizer, [prompts[i] for i in idx], [samples] * len(idx),
-                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-            refs = [problems[idx[j]].answer for j in rollouts.prompt_index.tolist()]
-            correct = score(decode_responses(tokenizer, rollouts), refs)
-            for j, c in zip(rollouts.prompt_index.tolist(), correct):
-                per_problem.setdefault(idx[j], []).append(c)
+    for j, records in sample_and_score(model, tokenizer, [problems[i] for i in mine], [prompts[i] for i in mine],
+                                       samples=samples, temperature=temperature, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, seed=seed, batch_rollouts=batch_size):
+        per_problem[mine[j]] = [r["correct"] for r in records]
     merged = {}
     for part in dist.all_gather_objects(per_problem):
         merged.update(part)
-    acc = [sum(merged[i]) / len(merged[i]) for i in range(len(problems))]
+    verdicts = [merged[i] for i in range(len(problems))]
+    acc = [sum(v) / len(v) for v in verdicts]
     by_level = defaultdict(list)
     for p, a in zip(problems, acc):
         by_level[p.level].append(a)
-    return {"accuracy": mean(acc), "se": standard_error(acc), "per_problem": acc,
+    return {"accuracy": avg_at_k(verdicts), "se": standard_error(acc), "per_problem": acc,
             "levels": {k: mean(v) for k, v in sorted(by_level.items())}}
 
 
