@@ -211,7 +211,7 @@ def main(argv: list[str]) -> None:
                                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
                                     dual_clip=cfg.loss.dual_clip)
                 loss.backward()
-                stats["loss"] += loss.item()
+                stats["loss"] += loss.item() / cfg.mini_batches  # mean over the step's mini-batches
                 for key in ("clip_frac", "dual_clip_frac", "approx_kl"):
                     stats[key] += st[key] * len(r) / n
             dist.sum_gradients(model)

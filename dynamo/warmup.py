@@ -131,8 +131,12 @@ def warm_up(cfg, device, log=print):
 
 def _dev_pairs(levels, exclude: set[str], seed: int):
     rng = random.Random(f"dev-{seed}")
-    pairs, seen = [], set(exclude)
+    pairs, seen, attempts = [], set(exclude), 0
     while len(pairs) < DEV_SIZE:
+        attempts += 1
+        if attempts > 100 * DEV_SIZE:  # e.g. task_levels [add1]: 100 problems, most of them held out
+            raise ValueError(f"cannot draw {DEV_SIZE} warm-up check problems outside the held-out split from "
+                             f"task_levels {levels}: add harder levels or lower eval_prompts")
         prompt, answer, _ = task.make_problem(levels[len(pairs) % len(levels)], rng)
         if prompt not in seen:
             seen.add(prompt)

@@ -56,6 +56,10 @@ def test_resume_is_exact(tmp_path, cache):
     assert any(a[s]["grad_norm"] > 0 for s in (4, 5, 6)), "the comparison needs real updates"
     for s in (4, 5, 6):
         assert a[s] == b[s], s
+    state = [torch.load(out / "checkpoints" / "step-000006" / "trainer_state.pt", weights_only=False)
+             for out in (full, split)]
+    assert state[0]["prompt_stats"] == state[1]["prompt_stats"]  # allocator statistics carried over exactly
+    assert state[0]["order"] == state[1]["order"]
     wa, wb = weights(full, 6), weights(split, 6)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise on CPU
     assert os.path.realpath(full / "final").endswith("step-000006")

@@ -1,0 +1,371 @@
+"""Experiment runner: GRPO against DynaMO and its ablations at equal rollout budget, several seeds.
+
+    python scripts/experiments.py                       # 6 arms x 3 seeds x 80 steps, 2 runs at a time (CPU)
+    python scripts/experiments.py --aggregate-only      # tables and plots from the runs already on disk
+    python scripts/experiments.py --quick --out /tmp/q  # 2 arms x 1 seed x 3 tiny steps (a smoke test)
+
+Every arm is `python train.py --config configs/<arm>.yaml seed=S out_dir=<out>/<arm>/seed<S>` with the
+same overrides, so learning rate, budget (prompts_per_step x rollouts_per_prompt rollouts per step),
+data and evaluation are identical across arms; only the line that defines the arm differs:
+
+    grpo                 uniform rollouts, no token modulation (the baseline)
+    default              full DynaMO (allocation + compensation + stabilisation)
+    no_modulation        allocation only
+    uniform_allocation   modulation only (compensation + stabilisation, uniform rollouts)
+    compensation_only    uniform rollouts + compensation
+    stabilization_only   uniform rollouts + stabilisation
+
+Seeds: `seed` drives everything in train.py (warm-up init and data, task split, prompt order, sampling,
+evaluation), so seed S means a different warm-up per seed; each seed's warm-up is built once, before its
+runs, and cached. Every arm sees the same seeds, so comparisons within a seed are paired. With an RL-only
+seed in the config, `--seed-key <key>` sends the seeds there and keeps seed 0's warm-up for all runs.
+
+Runs whose `summary.json` exists are skipped (rerun the command after an interruption); each run logs to
+`<out>/<arm>/seed<S>/train.log`. Results: `<out>/results.json`, `<out>/results.md`, and PNG plots when
+matplotlib is installed (optional: `pip install matplotlib`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARMS = ["grpo", "default", "no_modulation", "uniform_allocation", "compensation_only", "stabilization_only"]
+ARM_LABELS = {"grpo": "GRPO", "default": "DynaMO (full)", "no_modulation": "allocation only",
+              "uniform_allocation": "modulation only", "compensation_only": "compensation only",
+              "stabilization_only": "stabilisation only"}
+# --quick: tiny everything (as tests/test_train_smoke.py); train_pool 8 / 4 prompts per step makes step 3 the
+# first step of epoch 2, so the allocation path runs too.
+QUICK = ["steps=3", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=14", "eval_samples=2",
+         "eval_every=2", "train_pool=8", "warmup.steps=20", "warmup.check_every=20", "warmup.batch_size=16",
+         "rollout.max_new_tokens=40"]
+WARM_UP = ("import sys, torch; from dynamo.config import load_config; from dynamo.warmup import warm_up; "
+           "warm_up(load_config(sys.argv[1:]), torch.device('cpu'))")
+
+
+# ---------------------------------------------------------------------------------------------- launching
+
+
+def run_dir(out: str, arm: str, seed: int) -> str:
+    return os.path.join(out, arm, f"seed{seed}")
+
+
+def launch(cmd: list[str], log_path: str) -> tuple[int, float]:
+    """Run one subprocess from the repository root with one OpenMP thread; (return code, wall seconds)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return rc, time.time() - t0
+
+
+def run_grid(args, overrides: list[str]) -> list[dict]:
+    """Warm-ups first (one per seed), then every (arm, seed) run, at most args.jobs processes at a time."""
+    manifest: list[dict] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        # The warm-up cache key does not depend on the arm: build each seed's once, before its runs race for it.
+        warm_seeds = args.seeds if args.seed_key == "seed" else [0]  # an RL-only seed shares one warm-up
+        warm = {s: pool.submit(launch, [sys.executable, "-c", WARM_UP, "--config", "configs/default.yaml",
+                                        f"seed={s}", *overrides], os.path.join(args.out, "warmup", f"seed{s}.log"))
+                for s in warm_seeds}
+        for s, fut in warm.items():
+            rc, wall = fut.result()
+            print(f"[warm-up] seed {s}: rc {rc}, {wall:.0f}s", flush=True)
+            if rc:
+                sys.exit(f"warm-up for seed {s} failed: see {os.path.join(args.out, 'warmup', f'seed{s}.log')}")
+        jobs = {}
+        for s in args.seeds:  # seed-major: a partial grid has whole seeds, every arm in each
+            for arm in args.arms:
+                d = run_dir(args.out, arm, s)
+                if os.path.exists(os.path.join(d, "summary.json")) and not args.force:
+                    print(f"[skip] {arm} seed {s}: {d}/summary.json exists", flush=True)
+                    continue
+                cmd = [sys.executable, "train.py", "--config", f"configs/{arm}.yaml", f"{args.seed_key}={s}",
+                       f"out_dir={d}", *overrides]
+                jobs[(arm, s)] = pool.submit(launch, cmd, os.path.join(d, "train.log"))
+        for (arm, s), fut in jobs.items():
+            rc, wall = fut.result()
+            print(f"[run] {arm:20s} seed {s}: rc {rc}, {wall:.0f}s", flush=True)
+            manifest.append({"arm": arm, "seed": s, "rc": rc, "wall_s": round(wall, 1)})
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error across seeds (nan SE with one seed)."""
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(xs) / n
+    if n < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
+
+
+def load_run(d: str) -> dict | None:
+    """One finished run: its config, step rows, eval rows and summary; None if it did not finish."""
+    if not os.path.exists(os.path.join(d, "summary.json")):
+        return None
+    with open(os.path.join(d, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(d, "summary.json")) as f:
+        summary = json.load(f)
+    import yaml
+    with open(os.path.join(d, "config.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    return {"cfg": cfg, "steps": [r for r in rows if "reward" in r], "evals": [r for r in rows if "eval/accuracy" in r],
+            "summary": summary}
+
+
+def run_curves(run: dict) -> dict:
+    """Held-out accuracy against step, cumulative rollouts and cumulative generated tokens, plus telemetry."""
+    cfg = run["cfg"]
+    per_step = cfg["prompts_per_step"] * cfg["rollouts_per_prompt"]  # every arm's budget: sum of counts
+    epoch_steps = math.ceil(cfg["train_pool"] / cfg["prompts_per_step"]) if cfg["data"] == "arithmetic" else 0
+    tokens, cum = {0: 0.0}, 0.0
+    for r in run["steps"]:
+        cum += r["response_length"] * per_step  # response_length: mean valid tokens (EOS included) per rollout
+        tokens[r["step"]] = cum
+    evals = sorted(run["evals"], key=lambda r: r["step"])
+    later = [r for r in run["steps"] if r["step"] > epoch_steps] or run["steps"]  # allocation acts after epoch 1
+    by_level: dict[str, float] = {}
+    for r in later:
+        for lv, n in r.get("alloc/budget_by_level", {}).items():
+            by_level[lv] = by_level.get(lv, 0) + n
+    total = sum(by_level.values()) or 1
+    return {
+        "eval_steps": [r["step"] for r in evals],
+        "eval_acc": [r["eval/accuracy"] for r in evals],
+        "rollouts": [r["step"] * per_step for r in evals],
+        "tokens": [tokens.get(r["step"], float("nan")) for r in evals],
+        "levels_end": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/") and k not in
+                       ("eval/accuracy", "eval/se")} if evals else {},
+        "zero_adv_all": sum(r["zero_adv_groups"] for r in run["steps"]) / len(run["steps"]),
+        "zero_adv_after_epoch1": sum(r["zero_adv_groups"] for r in later) / len(later),
+        "informative_after_epoch1": sum(r.get("alloc/informative_rollout_frac", float("nan")) for r in later) / len(later),
+        "budget_share_after_epoch1": {k: v / total for k, v in sorted(by_level.items())},
+        "train_reward": sum(r["reward"] for r in run["steps"]) / len(run["steps"]),
+        # how strongly the token factors act (absent when a factor is off): mean beta_comp, share damped < 0.95
+        "comp_mean": _mean([r["modulation/comp_mean"] for r in run["steps"] if "modulation/comp_mean" in r]),
+        "damped_frac": _mean([r["modulation/damped_frac"] for r in run["steps"] if "modulation/damped_frac" in r]),
+        "response_length": sum(r["response_length"] for r in run["steps"]) / len(run["steps"]),
+        "rl_seconds": sum(r.get("time/step", 0.0) for r in run["steps"]),
+        "epoch_steps": epoch_steps,
+    }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def aggregate(out: str, arms: list[str], seeds: list[int]) -> dict:
+    """Per arm: mean +- SE across seeds of every number, and the per-seed paired difference to GRPO."""
+    runs = {(a, s): load_run(run_dir(out, a, s)) for a in arms for s in seeds}
+    done = {k: run_curves(v) | {"summary": v["summary"]} for k, v in runs.items() if v is not None}
+    result = {"out": out, "arms": {}, "missing": [f"{a}/seed{s}" for (a, s), v in runs.items() if v is None]}
+    base = "grpo" if "grpo" in arms else None
+    for a in arms:
+        ss = [s for s in seeds if (a, s) in done]
+        if not ss:
+            continue
+        c = [done[(a, s)] for s in ss]
+        end = [x["summary"]["end"] for x in c]
+        gain = [x["summary"]["gain"] for x in c]
+        entry = {"seeds": ss, "start": mean_se([x["summary"]["start"] for x in c]), "end": mean_se(end),
+                 "end_per_seed": end, "gain": mean_se(gain), "gain_per_seed": gain,
+                 "zero_adv_all": mean_se([x["zero_adv_all"] for x in c]),
+                 "zero_adv_after_epoch1": mean_se([x["zero_adv_after_epoch1"] for x in c]),
+                 "informative_after_epoch1": mean_se([x["informative_after_epoch1"] for x in c]),
+                 "train_reward": mean_se([x["train_reward"] for x in c]),
+                 "comp_mean": mean_se([x["comp_mean"] for x in c]), "damped_frac": mean_se([x["damped_frac"] for x in c]),
+                 "response_length": mean_se([x["response_length"] for x in c]),
+                 "rl_seconds": mean_se([x["rl_seconds"] for x in c]), "epoch_steps": c[0]["epoch_steps"]}
+        # curves: mean +- SE at each evaluated step (all seeds share the eval steps and per-step budget)
+        steps = c[0]["eval_steps"]
+        entry["curve"] = {"step": steps, "rollouts": c[0]["rollouts"],
+                          "tokens": [mean_se([x["tokens"][i] for x in c])[0] for i in range(len(steps))],
+                          "acc": [mean_se([x["eval_acc"][i] for x in c]) for i in range(len(steps))]}
+        levels = sorted(c[0]["budget_share_after_epoch1"])
+        entry["budget_share_after_epoch1"] = {lv: mean_se([x["budget_share_after_epoch1"].get(lv, 0.0) for x in c])
+                                              for lv in levels}
+        entry["levels_end"] = {lv: mean_se([x["levels_end"].get(lv, float("nan")) for x in c])
+                               for lv in sorted(c[0]["levels_end"])}
+        if base and a != base:  # paired by seed: same warm-up, task split and held-out problems
+            paired = [s for s in ss if (base, s) in done]
+            entry["end_minus_grpo"] = mean_se([done[(a, s)]["summary"]["end"] - done[(base, s)]["summary"]["end"]
+                                               for s in paired])
+            entry["gain_minus_grpo"] = mean_se([done[(a, s)]["summary"]["gain"] - done[(base, s)]["summary"]["gain"]
+                                                for s in paired])
+            entry["paired_seeds"] = paired
+            entry["curve"]["acc_minus_grpo"] = [mean_se([done[(a, s)]["eval_acc"][i] - done[(base, s)]["eval_acc"][i]
+                                                         for s in paired]) for i in range(len(steps))]
+        result["arms"][a] = entry
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def pm(x: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
+    m, se = x
+    if math.isnan(se):
+        return f"{m * scale:.{digits}f}"
+    return f"{m * scale:.{digits}f} ± {se * scale:.{digits}f}"
+
+
+def markdown(res: dict) -> str:
+    arms = res["arms"]
+    lines = [f"Command: `{res['command']}`" + (f" (tables: `{res['aggregated_by']}`)" if "aggregated_by" in res else ""), ""]
+    lines += ["| arm | seeds | held-out start | held-out end | gain | end − GRPO (paired) | zero-adv groups "
+              "(after epoch 1) | informative rollouts (after epoch 1) | mean response tokens |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for a, e in arms.items():
+        diff = pm(e["end_minus_grpo"]) if "end_minus_grpo" in e else "—"
+        lines.append(f"| {ARM_LABELS.get(a, a)} (`{a}`) | {len(e['seeds'])} | {pm(e['start'])} | {pm(e['end'])} | "
+                     f"{pm(e['gain'])} | {diff} | {pm(e['zero_adv_after_epoch1'], digits=3)} | "
+                     f"{pm(e['informative_after_epoch1'])} | {pm(e['response_length'], digits=1)} |")
+    lines += ["", "Mean ± standard error across seeds (n = seeds). Held-out pass@1 = avg@k over the held-out problems "
+              "at temperature 1. `end − GRPO` is the per-seed difference to the GRPO run of the same seed.", ""]
+    # accuracy against rollouts and tokens
+    first = next(iter(arms.values()), None)
+    if first:
+        steps = first["curve"]["step"]
+        lines += ["Held-out accuracy against cumulative rollouts (the budget is the same for every arm) and "
+                  "cumulative generated tokens (mean across seeds, in thousands):", ""]
+        lines.append("| arm | " + " | ".join(f"step {s} ({first['curve']['rollouts'][i]} rollouts)"
+                                             for i, s in enumerate(steps)) + " |")
+        lines.append("|---|" + "---|" * len(steps))
+        for a, e in arms.items():
+            cells = [f"{pm(acc)} @ {tok / 1e3:.0f}k tok" for acc, tok in zip(e["curve"]["acc"], e["curve"]["tokens"])]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired difference to GRPO at each evaluation (same seed: same warm-up, held-out problems and "
+                  "evaluation sampling seeds; mean ± SE across seeds):", ""]
+        lines.append("| arm | " + " | ".join(f"step {s}" for s in steps) + " |")
+        lines.append("|---|" + "---|" * len(steps))
+        for a, e in arms.items():
+            if "acc_minus_grpo" in e["curve"]:
+                lines.append(f"| {a} | " + " | ".join(f"{v[0]:+.4f} ± {v[1]:.4f}" for v in e["curve"]["acc_minus_grpo"])
+                             + " |")
+        levels = list(first["budget_share_after_epoch1"])
+        lines += ["", "Share of the rollout budget per difficulty level after epoch 1 (the allocation acts from "
+                  "epoch 2 on; mean across seeds):", ""]
+        lines.append("| arm | " + " | ".join(levels) + " |")
+        lines.append("|---|" + "---|" * len(levels))
+        for a, e in arms.items():
+            lines.append(f"| {a} | " + " | ".join(f"{e['budget_share_after_epoch1'].get(lv, (0, 0))[0]:.3f}"
+                                                   for lv in levels) + " |")
+        end_levels = list(first["levels_end"])
+        lines += ["", "Held-out accuracy per level at the end (mean across seeds):", ""]
+        lines.append("| arm | " + " | ".join(end_levels) + " |")
+        lines.append("|---|" + "---|" * len(end_levels))
+        for a, e in arms.items():
+            lines.append(f"| {a} | " + " | ".join(f"{e['levels_end'][lv][0]:.3f}" for lv in end_levels) + " |")
+        lines += ["", "Training-side telemetry (mean over steps, then mean ± SE across seeds): batch reward (±1), "
+                  "mean beta_comp over valid tokens, fraction of tokens damped below 0.95 by beta_stab, seconds of RL:",
+                  "", "| arm | train reward | mean beta_comp | damped fraction | RL seconds |", "|---|---|---|---|---|"]
+        for a, e in arms.items():
+            na = lambda x, d=3: "—" if math.isnan(x[0]) else pm(x, digits=d)  # noqa: E731
+            lines.append(f"| {a} | {pm(e['train_reward'])} | {na(e['comp_mean'])} | {na(e['damped_frac'], 4)} | "
+                         f"{pm(e['rl_seconds'], digits=0)} |")
+    if res["missing"]:
+        lines += ["", f"Missing (not finished): {', '.join(res['missing'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: str) -> list[str]:
+    """Accuracy against rollouts and against tokens; needs matplotlib (optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[plots] matplotlib is not installed: no PNG plots (pip install matplotlib)", flush=True)
+        return []
+    paths = []
+    for x_key, x_label, name in (("rollouts", "cumulative rollouts", "acc_vs_rollouts.png"),
+                                 ("tokens", "cumulative generated tokens", "acc_vs_tokens.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for a, e in res["arms"].items():
+            x = e["curve"][x_key]
+            m = [v[0] for v in e["curve"]["acc"]]
+            se = [0.0 if math.isnan(v[1]) else v[1] for v in e["curve"]["acc"]]
+            ax.errorbar(x, m, yerr=se, marker="o", ms=3, capsize=2, label=ARM_LABELS.get(a, a))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("held-out pass@1 (mean ± SE over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arms", nargs="+", default=ARMS, help="config names under configs/")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seed-key", default="seed", help="config key the seeds go to: 'seed' (everything, "
+                        "warm-up included) or an RL-only seed key if train.py has one")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each with OMP_NUM_THREADS=1)")
+    parser.add_argument("--out", default="runs/exp", help="one directory per arm and seed under it")
+    parser.add_argument("--quick", action="store_true", help="grpo and default, seed 0, 3 tiny steps (a test)")
+    parser.add_argument("--aggregate-only", action="store_true", help="no training: tables from the runs on disk")
+    parser.add_argument("--force", action="store_true", help="rerun runs that already have summary.json")
+    parser.add_argument("overrides", nargs="*", help="key=value passed to every run (e.g. steps=40 eval_every=20)")
+    args = parser.parse_args()
+    args.out = os.path.abspath(args.out)
+    overrides = list(args.overrides)
+    if args.quick:
+        if args.arms == ARMS:
+            args.arms = ["grpo", "default"]
+        if args.seeds == [0, 1, 2]:
+            args.seeds = [0]
+        overrides = QUICK + [f"warmup.cache_dir={os.path.join(args.out, 'cache')}"] + overrides
+    elif not any(o.startswith("eval_every=") for o in overrides):
+        overrides.append("eval_every=20")  # 5 points per curve at 80 steps; evaluation never changes training
+    for arm in args.arms:
+        if not os.path.exists(os.path.join(ROOT, "configs", f"{arm}.yaml")):
+            sys.exit(f"unknown arm {arm!r}: configs/{arm}.yaml does not exist")
+    os.makedirs(args.out, exist_ok=True)
+    command = "python scripts/experiments.py " + " ".join(sys.argv[1:])
+
+    t0 = time.time()
+    manifest = [] if args.aggregate_only else run_grid(args, overrides)
+    wall = time.time() - t0
+    res = aggregate(args.out, args.arms, args.seeds)
+    res.update({"command": command, "overrides": overrides, "seeds": args.seeds})
+    if manifest:  # keep the wall time of the launch that trained the runs; --aggregate-only reuses it
+        res.update({"runs": manifest, "grid_wall_s": round(wall, 1)})
+    elif os.path.exists(os.path.join(args.out, "results.json")):
+        with open(os.path.join(args.out, "results.json")) as f:
+            old = json.load(f)
+        res.update({k: old[k] for k in ("runs", "grid_wall_s") if k in old})
+        if "--aggregate-only" not in old.get("command", "--aggregate-only"):
+            res.update({"command": old["command"], "aggregated_by": command})  # the command that trained the runs
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    res_plots = plots(res, args.out)
+    print(md)
+    print(f"wrote {args.out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in res_plots)
+          + f" ({wall:.0f}s)")
+    failed = [m for m in manifest if m["rc"]]
+    if failed:
+        sys.exit(f"{len(failed)} runs failed: " + ", ".join(f"{m['arm']}/seed{m['seed']}" for m in failed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+# python -m pytest -q tests/test_measurement.py  — the measurement scripts in --quick mode (subprocesses, about 1 min on 2 cores).
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def run(script, out, timeout=240):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--quick", "--out", str(out)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def test_grad_variance_quick(tmp_path):
+    res = run("grad_variance.py", tmp_path)
+    with open(tmp_path / "grad_variance.json") as f:
+        rep = json.load(f)  # strict JSON: NaN is written as null
+    assert rep["prompts"] == 6 and rep["budget"] == 24 and len(rep["pass_rate_oracle"]) == 6
+    for est in ("mean", "grpo"):
+        rows = {k: v for k, v in rep["estimators"][est].items() if not k.startswith("_")}
+        assert set(rows) == {"uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman"}
+        for name, r in rows.items():
+            # every allocation spends exactly the budget within the box (uniform: the nominal count)
+            assert sum(r["counts"]) == rep["budget"] and min(r["counts"]) >= 1
+            assert r["trace"] >= 0 and all(v is None or v >= -1e-6 for v in r["per_prompt_trace"])
+            lo, hi = r["measured_ci95"]
+            if r["measured_ratio"] is not None and lo is not None:
+                assert lo <= r["measured_ratio"] + 1e-9 and r["measured_ratio"] <= hi + 1e-9
+        if rows["uniform"]["trace"] > 0:
+            assert math.isclose(rows["uniform"]["measured_ratio"], 1.0)
+    assert "measured [95% CI]" in res.stdout and "SPEC §1" in res.stdout
+
+
+def test_experiments_quick(tmp_path):
+    res = run("experiments.py", tmp_path)
+    with open(tmp_path / "results.json") as f:
+        out = json.load(f)
+    assert set(out["arms"]) == {"grpo", "default"} and not out["missing"]
+    assert [r["rc"] for r in out["runs"]] == [0, 0]
+    for arm, e in out["arms"].items():
+        assert 0.0 <= e["end"][0] <= 1.0 and e["seeds"] == [0]
+        assert e["curve"]["step"] == [0, 2, 3] and e["curve"]["rollouts"] == [0, 32, 48]
+        tokens = e["curve"]["tokens"]
+        assert tokens[0] == 0 and tokens[1] < tokens[2]  # cumulative generated tokens grow
+        assert abs(sum(v[0] for v in e["budget_share_after_epoch1"].values()) - 1) < 1e-9
+    assert "end_minus_grpo" in out["arms"]["default"]
+    md = (tmp_path / "results.md").read_text()
+    assert "python scripts/experiments.py" in md and "| GRPO (`grpo`)" in md
