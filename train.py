@@ -84,7 +84,8 @@ def main(argv: list[str]) -> None:
     model.to(device=device, dtype=dtype).train()
     pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
     heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
-    order = PromptOrder(len(pool), cfg.seed)
+    rl_seed = cfg.seed if cfg.rl_seed < 0 else cfg.rl_seed  # prompt order and sampling; not warm-up or eval
+    order = PromptOrder(len(pool), rl_seed)
     prompt_stats = PromptStats()  # per-prompt (G, k): the allocator's only state, saved with checkpoints
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -149,7 +150,7 @@ def main(argv: list[str]) -> None:
                                 rule=a.rule, n_min=a.n_min, n_max=a.n_max, exploration_budget=a.exploration_budget,
                                 oracle_pass_rates=[oracle[i] for i in mine] if oracle else None)
         # 2. sample with the KV cache; seeded by (seed, step, rank) so resume and eval never shift it
-        torch.manual_seed(seed_for(cfg.seed, "rollout", step, rank))
+        torch.manual_seed(seed_for(rl_seed, "rollout", step, rank))
         ro = sample(model, tokenizer, [pool_prompts[i] for i in mine], counts,
                     temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                     max_new_tokens=cfg.rollout.max_new_tokens)
@@ -191,7 +192,7 @@ def main(argv: list[str]) -> None:
                                 eps_high=cfg.loss.eps_high, mode=mod.estimate, expected_u=old_u)  # (N, T)
             xi_max = dist.all_reduce_max(xi.max())
         # 6. update: one optimiser step per mini-batch, gradient accumulated over micro-batches
-        g = torch.Generator().manual_seed(seed_for(cfg.seed, "minibatch", step, rank))
+        g = torch.Generator().manual_seed(seed_for(rl_seed, "minibatch", step, rank))
         perm = torch.randperm(n, generator=g)
         mb_size = n // cfg.mini_batches
         stats = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}

@@ -89,7 +89,8 @@ class WarmupConfig:
 
 @dataclass
 class Config:
-    seed: int = 0  # everything random derives from this
+    seed: int = 0  # everything random derives from this (model init, warm-up, task split, evaluation)
+    rl_seed: int = -1  # seed of the RL phase only (prompt order, rollout and mini-batch sampling); -1 = seed
     out_dir: str = ""  # metrics, samples, config, checkpoints; "" = runs/<config file name>
     model: str = "tiny"  # 'tiny' = the embedded model (built and warmed up here) or a local HF directory
     data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL file of problems with answers

@@ -19,6 +19,7 @@ Seeds: `seed` drives everything in train.py (warm-up init and data, task split, 
 evaluation), so seed S means a different warm-up per seed; each seed's warm-up is built once, before its
 runs, and cached. Every arm sees the same seeds, so comparisons within a seed are paired. With an RL-only
 seed in the config, `--seed-key <key>` sends the seeds there and keeps seed 0's warm-up for all runs.
+(`--seed-key rl_seed` varies only the RL phase: prompt order, rollout and mini-batch sampling.)
 
 Runs whose `summary.json` exists are skipped (rerun the command after an interruption); each run logs to
 `<out>/<arm>/seed<S>/train.log`. Results: `<out>/results.json`, `<out>/results.md`, and PNG plots when

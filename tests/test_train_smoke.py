@@ -65,6 +65,16 @@ def test_local_hf_directory_as_model(single_run, tmp_path):
     assert "warm-up" not in res.stdout and "step    1 | reward" in res.stdout
 
 
+def test_rl_seed_changes_rollouts_but_not_the_start(single_run, tmp_path):
+    tmp, _ = single_run
+    res = run([*SMALL, "rl_seed=7", f"out_dir={tmp_path / 'out'}", f"warmup.cache_dir={tmp / 'cache'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "reusing cached model" in res.stdout  # same warm-up as seed 0
+    a, b = read_metrics(tmp / "out"), read_metrics(tmp_path / "out")
+    assert a[0] == b[0]  # the step-0 evaluation does not depend on the RL seed
+    assert [r for r in a if "reward" in r][0]["response_length"] != [r for r in b if "reward" in r][0]["response_length"]
+
+
 def test_config_error_stops_at_start(tmp_path):
     res = run(["optim.lr=fast"], tmp_path, timeout=60)
     assert res.returncode != 0 and "config key 'optim.lr'" in res.stderr
