@@ -45,18 +45,17 @@ def print0(*args, **kwargs) -> None:
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of a tensor over ranks (a new tensor; the input is untouched)."""
-    if not active():
-        return x
-    x = x.clone()
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    return _all_reduce(x, dist.ReduceOp.SUM) if active() else x
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return x
+    """Maximum of a tensor over ranks (a new tensor; the input is untouched)."""
+    return _all_reduce(x, dist.ReduceOp.MAX) if active() else x
+
+
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
     x = x.clone()
-    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    dist.all_reduce(x, op=op)
     return x
 
 

@@ -14,7 +14,8 @@ import sympy
 from sympy.core.evalf import PrecisionExhausted
 
 from dynamo.verifier.latex import ParseError, check_bounds, to_sympy
-from dynamo.verifier.normalize import HIGH_PRECISION_DIGITS, numbers_equal, parse_number, split_top, terminates
+from dynamo.verifier.normalize import (HIGH_PRECISION_DIGITS, match_unordered, numbers_equal, parse_number,
+                                      split_top, terminates)
 
 MAX_ITEMS = 64  # elements in a list / tuple / matrix
 N_POINTS = 6  # random points for expressions in variables
@@ -150,13 +151,7 @@ def match(a, b) -> bool:
 
 
 def _unordered(xs: list, ys: list) -> bool:
-    unused = list(xs)
-    for y in ys:
-        hit = next((k for k, x in enumerate(unused) if match(x, y)), None)
-        if hit is None:
-            return False
-        unused.pop(hit)
-    return True
+    return match_unordered(xs, ys, match)
 
 
 def _value(e, subs=None):

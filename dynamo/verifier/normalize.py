@@ -232,9 +232,14 @@ def fast_compare(resp: str, ref: str) -> bool | None:
         if not tuple_a and ob[:2] != ("(", ")"):
             return False
         return all(numbers_equal(x, y) for x, y in zip(na, nb))
-    unused = list(na)
-    for y in nb:
-        hit = next((k for k, x in enumerate(unused) if numbers_equal(x, y)), None)
+    return match_unordered(na, nb, numbers_equal)
+
+
+def match_unordered(xs: list, ys: list, equal) -> bool:
+    """Every y pairs with a distinct x that `equal`s it (a multiset match; callers check lengths)."""
+    unused = list(xs)
+    for y in ys:
+        hit = next((k for k, x in enumerate(unused) if equal(x, y)), None)
         if hit is None:
             return False
         unused.pop(hit)
