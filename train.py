@@ -2,7 +2,7 @@
 
     python train.py --config configs/default.yaml                     # the embedded default, CPU
     python train.py --config configs/default.yaml steps=10 optim.lr=1e-5
-    torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml
+    torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml   # FSDP2 over 2 ranks
 
 Shapes used throughout: P prompts, N rollouts (N = sum of per-prompt counts), T response tokens,
 V vocabulary. One step: draw prompts -> allocate rollouts -> sample -> verify -> group advantages ->
@@ -29,16 +29,10 @@ from dynamo.evaluate import evaluate
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
 from dynamo.model import load_pretrained
-from dynamo.modulation import entropy_change_corr, factor_stats, modulate
+from dynamo.modulation import entropy_change_corr, factor_stats, modulate, step_normalisers
 from dynamo.reward import score
-from dynamo.rollout import decode_responses, sample
+from dynamo.rollout import decode_responses, derive_seed, sample
 from dynamo.verifier import stats as verifier_stats
-from dynamo.stabilizer import entropy_change
-
-
-def seed_for(*parts) -> int:
-    """Deterministic seed from (run seed, purpose, step, rank): sampling never depends on history."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def main(argv: list[str]) -> None:
@@ -82,6 +76,11 @@ def main(argv: list[str]) -> None:
         with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
             f.write(dump(cfg))
     model.to(device=device, dtype=dtype).train()
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if dist.active() and cfg.parallel.fsdp:  # under torchrun: FSDP2 over all ranks (python train.py: plain)
+        mp = cfg.parallel.mixed_precision
+        dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
     pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
     heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
     rl_seed = cfg.seed if cfg.rl_seed < 0 else cfg.rl_seed  # prompt order and sampling; not warm-up or eval
@@ -92,14 +91,17 @@ def main(argv: list[str]) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
     start, bad_steps, skipped, first_eval, oracle = 1, 0, 0, None, None
     if state:  # exact resume: everything the next step depends on (sampling seeds derive from the step)
-        opt.load_state_dict(state["optimizer"])
+        checkpoint.load_optimizer(resume, model, opt)
         sched.load_state_dict(state["scheduler"])
         order.load_state_dict(state["order"])
         prompt_stats.load_state_dict(state["prompt_stats"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"][rank if len(state["rng"]) == world else 0])
         start, bad_steps, skipped = state["step"] + 1, state["bad_steps"], state["skipped"]
         first_eval, oracle = state["first_eval"], state["oracle"]
         log(f"resumed from {resume} at step {state['step']}")
+        if state["world_size"] != world:  # each rank allocates within its own prompts (SPEC §3, per rank)
+            log(f"note: the checkpoint was written by {state['world_size']} ranks and this run has {world}: "
+                "it continues correctly, but not as the original run would have (allocation is per rank)")
     elif cfg.allocation == "oracle":
         oracle = measure_pass_rates(cfg, model, tokenizer, pool, pool_prompts)
     metrics_file = open_log(cfg.out_dir, "metrics.jsonl", start) if dist.is_main() else None
@@ -112,7 +114,7 @@ def main(argv: list[str]) -> None:
         t0 = time.time()
         res = evaluate(model, tokenizer, heldout, heldout_prompts, samples=cfg.eval_samples,
                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                       max_new_tokens=cfg.rollout.max_new_tokens, seed=seed_for(cfg.seed, "eval"))
+                       max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"))
         levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
         log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
             f"| {time.time() - t0:.1f}s")
@@ -126,12 +128,15 @@ def main(argv: list[str]) -> None:
         first_eval = run_eval(0)
     t_start = time.time()
 
-    def save_checkpoint(step: int) -> str:
-        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "order": order.state_dict(), "prompt_stats": prompt_stats.state_dict(),
-                 "rng": checkpoint.rng_state(), "bad_steps": bad_steps, "skipped": skipped,
-                 "first_eval": first_eval, "oracle": oracle, "config": to_dict(cfg)}
-        return checkpoint.save(cfg.out_dir, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+    def save_checkpoint(step: int) -> str:  # collective: every rank calls it
+        digests = dist.all_gather_objects(hashlib.sha256(repr(prompt_stats.state_dict()).encode()).hexdigest())
+        if len(set(digests)) > 1:  # rank 0 saves the table for all: it must be every rank's table
+            raise RuntimeError(f"step {step}: the ranks' per-prompt statistics differ ({digests})")
+        state = {"step": step, "scheduler": sched.state_dict(), "order": order.state_dict(),
+                 "prompt_stats": prompt_stats.state_dict(), "rng": dist.all_gather_objects(checkpoint.rng_state()),
+                 "world_size": world, "bad_steps": bad_steps, "skipped": skipped, "first_eval": first_eval,
+                 "oracle": oracle, "config": to_dict(cfg)}
+        return checkpoint.save(cfg.out_dir, step, model, tokenizer, opt, state, keep=cfg.keep_checkpoints)
 
     # ---------------------------------------------------------------- loop
     for step in range(start, cfg.steps + 1):
@@ -149,11 +154,13 @@ def main(argv: list[str]) -> None:
         counts = rollout_counts(G, rho, p_local * cfg.rollouts_per_prompt, mode=cfg.allocation, weight=a.weight,
                                 rule=a.rule, n_min=a.n_min, n_max=a.n_max, exploration_budget=a.exploration_budget,
                                 oracle_pass_rates=[oracle[i] for i in mine] if oracle else None)
-        # 2. sample with the KV cache; seeded by (seed, step, rank) so resume and eval never shift it
-        torch.manual_seed(seed_for(rl_seed, "rollout", step, rank))
-        ro = sample(model, tokenizer, [pool_prompts[i] for i in mine], counts,
-                    temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                    max_new_tokens=cfg.rollout.max_new_tokens)
+        # 2. sample with the KV cache; response j of a prompt is seeded by (seed, step, prompt id, j) alone,
+        #    so neither resume, evaluation, the batch split nor the number of ranks changes what is drawn
+        with dist.gathered(model, cfg.parallel.unshard_for_rollout):
+            ro = sample(model, tokenizer, [pool_prompts[i] for i in mine], counts,
+                        seeds=[derive_seed(rl_seed, "rollout", step, i) for i in ids],
+                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        max_new_tokens=cfg.rollout.max_new_tokens)
         texts = decode_responses(tokenizer, ro)
         t_gen = time.time() - t0
         # 3. verify each response against its own prompt's reference (joined by prompt_index, SPEC §8)
@@ -186,13 +193,10 @@ def main(argv: list[str]) -> None:
         entropy = torch.cat([o["entropy"] for o in old])  # (N, T)
         old_u = torch.cat([o["expected_u"] for o in old]) if need_u else None  # (N, T)
         adv_tok = adv.to(device)[:, None].expand_as(mask)  # (N, T) sequence advantage on every token
-        xi_max = None
-        if mod.stabilization and mod.scope == "step":  # normaliser over the whole step, at the behaviour policy
-            xi = entropy_change(old_logp, old_logp, entropy, adv_tok, mask, eps_low=cfg.loss.eps_low,
-                                eps_high=cfg.loss.eps_high, mode=mod.estimate, expected_u=old_u)  # (N, T)
-            xi_max = dist.all_reduce_max(xi.max())
+        t_logp = time.time() - t1
+        norms = step_normalisers(cfg, old_logp, entropy, adv_tok, mask, old_u)  # {} at micro-batch scope
         # 6. update: one optimiser step per mini-batch, gradient accumulated over micro-batches
-        g = torch.Generator().manual_seed(seed_for(rl_seed, "minibatch", step, rank))
+        g = torch.Generator().manual_seed(derive_seed(rl_seed, "minibatch", step, rank))
         perm = torch.randperm(n, generator=g)
         mb_size = n // cfg.mini_batches
         stats = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
@@ -207,16 +211,16 @@ def main(argv: list[str]) -> None:
                                            temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
                                            with_expected_u=need_u)
                 # 5. modulate (DynaMO token level): A <- A * beta_comp * beta_stab, both detached
-                a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], xi_max, factors)  # (n_micro, T)
+                a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], norms, factors)  # (n_micro, T)
                 loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[s:s + len(r)],
                                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
                                     dual_clip=cfg.loss.dual_clip)
                 loss.backward()
-                stats["loss"] += loss.item() / cfg.mini_batches  # mean over the step's mini-batches
+                stats["loss"] += loss.item() / cfg.mini_batches  # this rank's part; summed over ranks below
                 for key in ("clip_frac", "dual_clip_frac", "approx_kl"):
                     stats[key] += st[key] * len(r) / n
-            dist.sum_gradients(model)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            dist.sum_gradients(model)  # replicas only: FSDP2 reduced (summed) the shards in backward
+            norm = dist.grad_norm(model, cfg.optim.grad_clip)  # global over all ranks
             if torch.isfinite(norm):
                 opt.step()
                 bad_steps = 0
@@ -227,26 +231,28 @@ def main(argv: list[str]) -> None:
                     sys.exit(f"stopping: {bad_steps} consecutive optimiser steps had a non-finite gradient norm")
             stats["grad_norm"] += norm.item() / cfg.mini_batches
         sched.step()
-        t_upd = time.time() - t1
+        t_upd = time.time() - t1 - t_logp
         # 7. log / eval / checkpoint: per-rank sums reduced once per step
         zero_adv = torch.zeros(p_local).index_add_(0, pidx, adv.abs()) == 0  # (P,) groups with no signal
         sums = torch.tensor([n, correct.sum().item(), zero_adv.sum().item(), p_local,
                              (entropy * mask).sum().item(), mask.sum().item(), ro.truncated.sum().item(),
-                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd, *v_fail], dtype=torch.float64)
+                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd, *v_fail, stats["loss"],
+                             t_logp], dtype=torch.float64)
         sums = dist.all_reduce_sum(sums)
         total, n_tok = sums[0].item(), sums[5].item()
         row = {"step": step, "reward": (2 * sums[1].item() - total) / total, "accuracy": sums[1].item() / total,
                "zero_adv_groups": sums[2].item() / sums[3].item(), "entropy": sums[4].item() / n_tok,
                "response_length": n_tok / total, "truncated": sums[6].item() / total,
                "grad_norm": stats["grad_norm"], "clip_frac": sums[7].item() / total, "approx_kl": sums[8].item() / total,
-               "loss": stats["loss"], "skipped_steps": skipped, "lr": sched.get_last_lr()[0],
-               "time/generate": sums[9].item() / world, "time/update": sums[10].item() / world,
+               "loss": sums[14].item(), "skipped_steps": skipped, "lr": sched.get_last_lr()[0],
+               "time/generate": sums[9].item() / world, "time/logprobs": sums[15].item() / world,
+               "time/update": sums[10].item() / world,
                "verifier/parse_failure_frac": sums[11].item() / total, "verifier/timeouts": sums[12].item(),
                "verifier/internal_errors": sums[13].item(), "time/step": time.time() - t0}
         log(f"step {step:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} zero-adv {row['zero_adv_groups']:.2f} "
             f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
             f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
-            f"upd {row['time/update']:.2f}s")
+            f"logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
         row.update(allocation_telemetry(*(sum((part[i] for part in parts), []) for i in (2, 3, 4, 5))))
         row.update(factor_stats(factors))
         if mod.diagnose_every and step % mod.diagnose_every == 0:
@@ -263,12 +269,12 @@ def main(argv: list[str]) -> None:
             samples_file.flush()
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps and dist.is_main():
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
             save_checkpoint(step)
 
     last_eval = run_eval(cfg.steps)
+    path = save_checkpoint(cfg.steps)
     if dist.is_main():
-        path = save_checkpoint(cfg.steps)
         checkpoint.mark_final(cfg.out_dir, path)
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         if first_eval and last_eval:
@@ -322,7 +328,7 @@ def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:
     (the policy then moves, so the oracle is exact only early on; it exists for measurement)."""
     res = evaluate(model, tokenizer, pool, prompts, samples=cfg.allocator.oracle_samples,
                    temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                   max_new_tokens=cfg.rollout.max_new_tokens, seed=seed_for(cfg.seed, "oracle"))
+                   max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "oracle"))
     return res["per_problem"]
 
 

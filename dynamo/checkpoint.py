@@ -1,24 +1,33 @@
 """Checkpoints: the policy in Hugging Face format plus the training state, written atomically.
 
 `out_dir/checkpoints/step-000080/` holds model.safetensors, config.json and the tokenizer (loadable
-with AutoModelForCausalLM.from_pretrained) and `trainer_state.pt`: step, optimiser, scheduler, RNG
-states, data-order position, the allocator's per-prompt statistics, counters and the resolved config.
-Each is written under a temporary name and renamed into place, so a crash (even SIGKILL) never leaves
-a directory that looks complete; `latest()` only ever sees finished checkpoints. `out_dir/final`
-points at the last checkpoint of a finished run.
+with AutoModelForCausalLM.from_pretrained; under FSDP2 the full weights are gathered to rank 0's CPU
+first), `optimizer/` (AdamW's state in torch.distributed.checkpoint format: each rank writes its own
+shard, so the full state never has to fit in one process) and `trainer_state.pt`: step, scheduler,
+every rank's RNG state, data-order position, the allocator's per-prompt statistics, counters and the
+resolved config. Everything is written under a temporary name that one rename makes final, so a crash
+(even SIGKILL) never leaves a directory that looks complete; `latest()` only ever sees finished
+checkpoints. `out_dir/final` points at the last checkpoint of a finished run. Under several ranks,
+`save` and `load_optimizer` are collective (every rank calls them) and out_dir must be one file
+system that all ranks see.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
 import time
+import warnings
 
 import numpy as np
 import torch
 
+from dynamo import distributed as dist
+
 STATE_FILE = "trainer_state.pt"
+OPTIMIZER_DIR = "optimizer"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -37,24 +46,70 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(out_dir: str, step: int, model, tokenizer, train_state: dict, keep: int = 3) -> str:
-    """Write checkpoints/step-{step} atomically, then drop all but the newest `keep`."""
+def save(out_dir: str, step: int, model, tokenizer, optimizer, train_state: dict, keep: int = 3) -> str:
+    """Write checkpoints/step-{step} atomically, then drop all but the newest `keep` (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
     root = os.path.join(out_dir, "checkpoints")
     path = os.path.join(root, f"step-{step:06d}")
     tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if os.environ.get("DYNAMO_SLOW_CHECKPOINT"):  # crash tests: widen the window to kill a half-written save
-        time.sleep(float(os.environ["DYNAMO_SLOW_CHECKPOINT"]))
-    torch.save(train_state, os.path.join(tmp, STATE_FILE))
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)  # the checkpoint exists, complete, from this instant on
-    for old in sorted(_complete(root))[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(root, f"step-{old:06d}"), ignore_errors=True)
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    _share_tied(model, weights)
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    if optimizer.state:  # no step taken yet (all skipped): nothing to save, and reading it would create state
+        with _single_process_ok():
+            dcp.save(get_optimizer_state_dict(model, optimizer), checkpoint_id=os.path.join(tmp, OPTIMIZER_DIR))
+    if dist.is_main():  # weights holds the full state dict here, {} on the other ranks
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if os.environ.get("DYNAMO_SLOW_CHECKPOINT"):  # crash tests: widen the window to kill a half-written save
+            time.sleep(float(os.environ["DYNAMO_SLOW_CHECKPOINT"]))
+        torch.save(train_state, os.path.join(tmp, STATE_FILE))
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)  # the checkpoint exists, complete, from this instant on
+        for old in sorted(_complete(root))[:-keep] if keep > 0 else []:
+            shutil.rmtree(os.path.join(root, f"step-{old:06d}"), ignore_errors=True)
+    dist.barrier()
     return path
+
+
+def _share_tied(model, weights: dict) -> None:
+    """Tied parameters (e.g. embeddings and LM head) come back from the gather as separate copies;
+    make their names share one tensor again so save_pretrained stores it once, as it does unsharded."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for first, *rest in names.values():
+        for name in rest:
+            if first in weights and name in weights:
+                weights[name] = weights[first]
+
+
+def load_optimizer(path: str, model, optimizer) -> None:
+    """AdamW's state from a checkpoint into `optimizer` (collective; each rank reads the slice its
+    shards need, so a different number of ranks can read it too)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    if not os.path.isdir(os.path.join(path, OPTIMIZER_DIR)):
+        return  # saved before any optimiser step: AdamW starts fresh, as it did then
+    state = get_optimizer_state_dict(model, optimizer)  # the layout to fill
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=os.path.join(path, OPTIMIZER_DIR))
+    set_optimizer_state_dict(model, optimizer, state)
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """Without a process group torch.distributed.checkpoint warns on every call that it assumes one process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def mark_final(out_dir: str, path: str) -> None:

@@ -59,7 +59,7 @@ class ModulationConfig:
     gamma: float = 50.0  # sharpness of the beta_stab sigmoid
     tau: float = 0.99  # beta_stab sigmoid centre on the normalised entropy change
     estimate: str = "head"  # entropy-change estimate: 'head' (official) | 'exact' | 'v0'
-    scope: str = "micro_batch"  # max of the estimate taken per 'micro_batch' (official) or over the 'step'
+    scope: str = "micro_batch"  # both factors' normalisers per 'micro_batch' (official) or over the 'step'
     diagnose_every: int = 0  # every k steps correlate predicted with measured entropy change (0 = off)
 
 
@@ -72,6 +72,14 @@ class OptimConfig:
     warmup_steps: int = 10  # linear learning-rate warm-up, then constant (SPEC §6)
     grad_clip: float = 1.0  # global grad-norm clip; a non-finite norm skips the step
     max_bad_steps: int = 5  # stop after this many consecutive skipped (non-finite) steps
+
+
+@dataclass
+class ParallelConfig:
+    """Runs under torchrun (several processes, or one): how the policy is split over the ranks."""
+    fsdp: bool = True  # FSDP2: shard parameters, gradients and AdamW state over ranks (false: full replicas)
+    mixed_precision: str = "auto"  # FSDP2 compute: 'bf16' (params bf16, reduction fp32) | 'fp32' | 'auto' (bf16 on GPU)
+    unshard_for_rollout: bool = False  # keep the gathered weights for the whole of generation (faster, more memory)
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Config:
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (memory for time)
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
     eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
@@ -118,6 +127,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     @property
@@ -137,6 +147,7 @@ CHOICES = {
     "loss.aggregation": ("token_mean", "prompt_mean"),
     "modulation.estimate": ("head", "exact", "v0"),
     "modulation.scope": ("micro_batch", "step"),
+    "parallel.mixed_precision": ("auto", "bf16", "fp32"),
 }
 
 # One-line presets: `preset=grpo` etc. are applied before the other overrides.

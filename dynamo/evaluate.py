@@ -6,7 +6,6 @@ level, standard error). eval.py adds resume, benchmark files and the estimators 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 
@@ -15,13 +14,8 @@ import torch
 from dynamo import distributed as dist
 from dynamo.metrics import avg_at_k
 from dynamo.reward import score
-from dynamo.rollout import decode_responses, sample
+from dynamo.rollout import decode_responses, derive_seed, sample
 from dynamo.verifier import extract_answer
-
-
-def batch_seed(seed: int, problem_ids) -> int:
-    """Seed of one batch, from the run seed and the batch's problem ids alone (never from history)."""
-    return int.from_bytes(hashlib.sha256(repr((seed, tuple(problem_ids))).encode()).digest()[:8], "little") >> 1
 
 
 @torch.no_grad()
@@ -33,23 +27,19 @@ def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples:
     A record: response text, extracted answer (None = parse failure), verdict, length in tokens
     (EOS included) and whether it was truncated. Batches hold batch_rollouts // samples problems
     (at least one), longest prompts first so that an out-of-memory error shows in the first batch.
-    They depend on the prompt lengths alone and each is sampled under a seed derived from its
-    problem ids, so a resumed run regenerates exactly what an uninterrupted one would have (same
-    seed, k, batch_rollouts and number of ranks). Sampling runs on a forked RNG: evaluating never
-    changes the caller's random stream. `fallbacks` also grades "The answer is ..." endings.
+    Sample j of a problem is drawn under (seed, problem id, j) alone, so the samples do not depend on
+    the batching, the number of ranks or what ran before, and a resumed run regenerates exactly what
+    an uninterrupted one would have. `fallbacks` also grades "The answer is ..." endings.
     """
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # stable: ties keep file order
     per_batch, skip = max(1, batch_rollouts // samples), set(skip)
-    device = next(model.parameters()).device
-    for s in range(0, len(order), per_batch):
-        idx = order[s:s + per_batch]
-        if all(i in skip for i in idx):
-            continue
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(batch_seed(seed, [problems[i].prompt_id for i in idx]))
-            ro = sample(model, tokenizer, [prompts[i] for i in idx], [samples] * len(idx),
-                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    batches = [order[s:s + per_batch] for s in range(0, len(order), per_batch)]
+    batches = [idx for idx in batches if not all(i in skip for i in idx)]
+    for idx in batches:
+        ro = sample(model, tokenizer, [prompts[i] for i in idx], [samples] * len(idx),
+                    seeds=[derive_seed(seed, problems[i].prompt_id) for i in idx],
+                    temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         texts = decode_responses(tokenizer, ro)
         pidx = ro.prompt_index.tolist()  # (N,) rows are joined to their problem by index
         correct = score(texts, [problems[idx[j]].answer for j in pidx], fallbacks=fallbacks)
@@ -61,6 +51,11 @@ def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples:
         for i in idx:
             if i not in skip:
                 yield i, records[i]
+    if dist.is_sharded(model):  # every rank must run as many generate calls as the busiest one
+        spare = int(dist.all_reduce_max(torch.tensor(len(batches)))) - len(batches)
+        for _ in range(spare):
+            sample(model, tokenizer, [tokenizer.bos_token or tokenizer.eos_token], [1], seeds=[0],
+                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 
 
 def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, temperature: float, top_p: float,

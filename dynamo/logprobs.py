@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from dynamo import distributed as dist
 from dynamo.rollout import position_ids
 from dynamo.stabilizer import expected_u_from_logits
 
@@ -34,7 +35,15 @@ def response_token_stats(model, input_ids, attention_mask, prompt_length: int, *
     input_ids / attention_mask: (N, Lp + T), left-padded prompts then responses.
     Returns tensors of shape (N, T): 'logp', 'entropy' (and 'expected_u'); the caller masks them.
     Entropy and expected_u are detached (they only feed detached factors and logging).
+    Runs as the model's forward (dist.run_as_forward), so it works on an FSDP2-sharded model too.
     """
+    flat = dist.run_as_forward(model, _flat_token_stats, model, input_ids, attention_mask, prompt_length,
+                               temperature, chunk, with_expected_u)  # name -> (N*T,)
+    n, t = input_ids.shape[0], input_ids.shape[1] - prompt_length
+    return {name: v.view(n, t) if name == "logp" else v.detach().view(n, t) for name, v in flat.items()}
+
+
+def _flat_token_stats(model, input_ids, attention_mask, prompt_length, temperature, chunk, with_expected_u):
     base = getattr(model, model.base_model_prefix)  # the decoder without the LM head
     lm_head = model.get_output_embeddings()
     hidden = base(input_ids=input_ids, attention_mask=attention_mask,
@@ -53,8 +62,4 @@ def response_token_stats(model, input_ids, attention_mask, prompt_length: int, *
         else:
             outs.append(_token_stats(*args))
     names = ["logp", "entropy"] + (["expected_u"] if with_expected_u else [])
-    result = {}
-    for i, name in enumerate(names):
-        value = torch.cat([o[i] for o in outs]).view(n, t)  # (N, T)
-        result[name] = value if name == "logp" else value.detach()
-    return result
+    return {name: torch.cat([o[i] for o in outs]) for i, name in enumerate(names)}  # (N*T,) each, not views

@@ -37,7 +37,8 @@ def compensation(
     """beta_comp (N, T), detached: 1 + alpha (H_max - H) / (H_max - H_min + 1e-8) where A > 0, else 1.
 
     H_min / H_max are taken over the valid tokens (mask == 1) of this micro-batch unless given
-    (e.g. over the whole step). alpha = mu_max - 1 of the official code (0.2 in decay6, 0.4 in decay5).
+    (e.g. over the whole step, at the behaviour policy; H is then clamped into the given range so
+    beta stays in [1, 1 + alpha] after the policy moved). alpha = mu_max - 1 of the official code (0.2 in decay6, 0.4 in decay5).
     Padding and tokens with A <= 0 get exactly 1. `advantages` is (N, T) or (N,).
     Deliberate difference from the official code: it takes min / max over the whole (N, T) tensor,
     padding included (whose entropy is 0 under verl's remove-padding path); SPEC §5 says valid only.
@@ -55,5 +56,6 @@ def compensation(
         h_min = torch.where(any_valid, h_min, 0.0)  # ()
     h_max = torch.as_tensor(h_max, dtype=dtype, device=h.device)  # ()
     h_min = torch.as_tensor(h_min, dtype=dtype, device=h.device)  # ()
+    h = torch.minimum(torch.maximum(h, h_min), h_max)  # (N, T) a no-op with this micro-batch's own range
     boost = 1.0 + alpha * (h_max - h) / (h_max - h_min + RANGE_EPS)  # (N, T)  SPEC §5 beta_comp, A > 0
     return torch.where(valid & (adv > 0), boost, torch.ones_like(h))  # (N, T)  1 where A <= 0 or padding

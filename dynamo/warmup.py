@@ -25,7 +25,7 @@ from tqdm import tqdm
 from dynamo import task
 from dynamo.model import tiny_model, tiny_tokenizer
 from dynamo.reward import score
-from dynamo.rollout import decode_responses, sample
+from dynamo.rollout import decode_responses, derive_seed, sample
 
 DEV_SIZE = 128  # problems used to pick the snapshot (drawn apart from the held-out split)
 
@@ -33,15 +33,15 @@ DEV_SIZE = 128  # problems used to pick the snapshot (drawn apart from the held-
 def cache_key(cfg) -> str:
     """Everything the warmed model depends on; a change of any of these makes a new cache entry."""
     parts = {"warmup": dataclasses.asdict(cfg.warmup), "levels": cfg.task_levels, "seed": cfg.seed,
-             "eval_prompts": cfg.eval_prompts, "max_new_tokens": cfg.rollout.max_new_tokens, "version": 1}
+             "eval_prompts": cfg.eval_prompts, "max_new_tokens": cfg.rollout.max_new_tokens, "version": 2}
     parts["warmup"].pop("cache_dir")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def accuracy(model, tokenizer, problems, *, greedy: bool, max_new_tokens: int) -> float:
-    # greedy decoding as temperature -> 0: sampling with a tiny temperature keeps one code path
+def accuracy(model, tokenizer, problems, *, greedy: bool, max_new_tokens: int, seed: int) -> float:
     rollouts = sample(model, tokenizer, [p.prompt for p in problems], [1] * len(problems),
-                      temperature=1e-4 if greedy else 1.0, top_p=1.0, max_new_tokens=max_new_tokens)
+                      seeds=[derive_seed(seed, p.prompt_id) for p in problems],
+                      temperature=0.0 if greedy else 1.0, top_p=1.0, max_new_tokens=max_new_tokens)
     correct = score(decode_responses(tokenizer, rollouts), [p.answer for p in problems])
     return sum(correct) / len(correct)
 
@@ -99,11 +99,9 @@ def warm_up(cfg, device, log=print):
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % w.check_every:
             continue
-        g = torch.random.get_rng_state()
-        torch.manual_seed(cfg.seed + step)  # snapshot checks must not depend on each other
-        pass1 = accuracy(model, tokenizer, dev, greedy=False, max_new_tokens=cfg.rollout.max_new_tokens)
-        greedy = accuracy(model, tokenizer, dev, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens)
-        torch.random.set_rng_state(g)
+        check = dict(max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "warmup", step))
+        pass1 = accuracy(model, tokenizer, dev, greedy=False, **check)
+        greedy = accuracy(model, tokenizer, dev, greedy=True, **check)
         log(f"[warmup] step {step:4d} loss {loss.item():.4f} pass@1 {pass1:.3f} greedy {greedy:.3f} "
             f"({time.time() - t0:.0f}s)")
         info = {"step": step, "pass1": pass1, "greedy": greedy, "seconds": round(time.time() - t0, 1)}

@@ -57,8 +57,7 @@ from dynamo.data import load_problems, render  # noqa: E402
 from dynamo.grpo import group_advantages, ppo_loss, token_weights  # noqa: E402
 from dynamo.logprobs import response_token_stats  # noqa: E402
 from dynamo.reward import score  # noqa: E402
-from dynamo.rollout import decode_responses, sample  # noqa: E402
-from train import seed_for  # noqa: E402
+from dynamo.rollout import decode_responses, derive_seed, sample  # noqa: E402
 
 ALLOCATIONS = ("uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman")
 ESTIMATORS = ("mean", "grpo")
@@ -161,9 +160,9 @@ def measure(model, params, flat, tokenizer, prompts, refs, counts, resamples: in
     q_i = {e: np.zeros(P) for e in ESTIMATORS}  # (P,) running sums of |g_i|^2
     zero_groups = 0
     for r in range(resamples):
-        torch.manual_seed(seed_for(seed, "grad_variance", tag, r))
-        ro = sample(model, tokenizer, prompts, counts, temperature=cfg.rollout.temperature,
-                    top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
+        ro = sample(model, tokenizer, prompts, counts, seeds=[derive_seed(seed, "grad_variance", tag, r, i)
+                                                              for i in range(len(prompts))],
+                    temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
         correct = score(decode_responses(tokenizer, ro), [refs[i] for i in ro.prompt_index.tolist()])
         rewards = torch.tensor(correct, dtype=torch.float32) * 2 - 1  # (N,) +-1 as in train.py
         for i in range(P):
@@ -277,9 +276,10 @@ def main() -> None:
           f"(n={args.n}, box [{a.n_min}, {a.n_max}]), R={args.resamples}", flush=True)
 
     def pass_counts(samples: int, tag: str) -> np.ndarray:
-        torch.manual_seed(seed_for(args.seed, "grad_variance", tag))
         with torch.no_grad():
-            ro = sample(model, tokenizer, prompts, [samples] * P, temperature=cfg.rollout.temperature,
+            ro = sample(model, tokenizer, prompts, [samples] * P,
+                        seeds=[derive_seed(args.seed, "grad_variance", tag, i) for i in range(P)],
+                        temperature=cfg.rollout.temperature,
                         top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
         ok = score(decode_responses(tokenizer, ro), [refs[i] for i in ro.prompt_index.tolist()])
         return np.bincount(ro.prompt_index.numpy(), weights=np.asarray(ok, dtype=np.float64), minlength=P), ro, ok

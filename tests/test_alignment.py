@@ -18,7 +18,8 @@ def test_unequal_counts_keep_answers_groups_and_statistics_aligned():
     for trial in range(4):
         problems = rng.sample(pool, 5)
         counts = [rng.randint(1, 6) for _ in problems]  # deliberately non-uniform
-        ro = sample(model, tok, [p.prompt for p in problems], counts, temperature=1.0, top_p=1.0, max_new_tokens=4)
+        ro = sample(model, tok, [p.prompt for p in problems], counts, seeds=list(range(5)), temperature=1.0,
+                    top_p=1.0, max_new_tokens=4)
         pidx = ro.prompt_index.tolist()
         # The prompt tokens of each row decode to the prompt its prompt_index names.
         for row, i in zip(ro.input_ids[:, :ro.prompt_length].tolist(), pidx):

@@ -193,3 +193,13 @@ def test_two_ranks_split_problems_and_rank0_writes(setup, tmp_path):
     assert len(samples) == 3 * 5 * 2  # two files and arithmetic, each problem once, by one rank or the other
     assert len({(r["benchmark"], r["id"], r["sample"]) for r in samples}) == 30
     assert res.stdout.count("| P@1 / P@2 (%) |") == 1  # rank 0 alone prints and writes
+
+
+def test_samples_do_not_depend_on_the_batching():
+    model, tok = tiny(3)
+    problems = split(["add2", "mul2"], 0, 0, 6)[1]
+    prompts = [p.prompt for p in problems]
+    kw = dict(samples=3, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=11)
+    small = dict(sample_and_score(model, tok, problems, prompts, batch_rollouts=3, **kw))  # 1 problem a batch
+    large = dict(sample_and_score(model, tok, problems, prompts, batch_rollouts=512, **kw))  # all at once
+    assert small == large

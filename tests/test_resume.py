@@ -163,6 +163,6 @@ def test_non_finite_loss_skips_the_step_and_stops_after_a_streak(tmp_path, model
     before, after = load_file(os.path.join(model_dir, "model.safetensors")), weights(out, 2)
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched by skipped steps
     state = torch.load(out / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
-    assert state["optimizer"]["state"] == {}  # AdamW moments untouched too
+    assert not (out / "checkpoints" / "step-000002" / "optimizer").exists()  # AdamW never stepped: no moments
     with pytest.raises(SystemExit, match="3 consecutive optimiser steps had a non-finite gradient norm"):
         train.main([*args, "steps=5", "optim.max_bad_steps=3", f"out_dir={tmp_path / 'out2'}"])

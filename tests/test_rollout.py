@@ -1,8 +1,10 @@
 # python -m pytest -q tests/test_rollout.py  — masks, left padding, and log-probs against generate.
+import pytest
 import torch
 
 from dynamo.logprobs import response_token_stats
-from dynamo.rollout import decode_responses, response_mask, sample
+from dynamo.rollout import (SeededSampler, decode_responses, exponential_noise, position_ids, response_mask,
+                            sample)
 from tests.helpers import tiny
 
 EOS, PAD = 2, 0
@@ -28,7 +30,7 @@ def test_mask_is_positional_when_pad_equals_eos():
 def test_sample_rows_carry_prompt_index_and_left_padding():
     model, tok = tiny()
     prompts = ["1+2=", "345+678=", "9*7="]
-    ro = sample(model, tok, prompts, [2, 3, 1], temperature=1.0, top_p=1.0, max_new_tokens=6)
+    ro = sample(model, tok, prompts, [2, 3, 1], seeds=[1, 2, 3], temperature=1.0, top_p=1.0, max_new_tokens=6)
     assert ro.prompt_index.tolist() == [0, 0, 1, 1, 1, 2]
     prompt_part = ro.input_ids[:, :ro.prompt_length]
     for row, i in zip(prompt_part.tolist(), ro.prompt_index.tolist()):
@@ -63,7 +65,7 @@ def test_training_logprobs_match_generate_scores_under_left_padding():
 
 def test_chunking_changes_neither_values_nor_gradients():
     model, tok = tiny(seed=1)
-    ro = sample(model, tok, ["12+34=", "5*6="], [2, 2], temperature=1.0, top_p=1.0, max_new_tokens=6)
+    ro = sample(model, tok, ["12+34=", "5*6="], [2, 2], seeds=[0, 1], temperature=1.0, top_p=1.0, max_new_tokens=6)
     results = []
     for chunk in (3, 10_000):
         model.zero_grad()
@@ -74,3 +76,70 @@ def test_chunking_changes_neither_values_nor_gradients():
         results.append((s["logp"].detach(), s["entropy"], s["expected_u"], grad))
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
+def test_seeded_sampler_draws_from_the_tempered_nucleus_distribution(temperature, top_p):
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    n = 40_000
+    sampler = SeededSampler(torch.arange(n) * 7919 + 11, prompt_length=0, temperature=temperature, top_p=top_p)
+    picks = sampler(torch.zeros(n, 3, dtype=torch.long), logits.repeat(n, 1)).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).double() / n
+    p = torch.softmax(logits.double() / temperature, -1)
+    if top_p < 1:  # 0.5 + 0.3 reaches 0.8: the nucleus is the first two tokens
+        p = torch.tensor([0.5, 0.3, 0.0, 0.0], dtype=torch.float64) / 0.8
+    se = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs() <= 5 * se + 1e-12).all(), (freq, p)
+
+
+def test_noise_is_a_pure_function_of_seed_position_and_token():
+    a = exponential_noise(torch.tensor([5, 6, 7]), 3, 11)
+    b = exponential_noise(torch.tensor([7, 5]), 3, 11)
+    assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])  # batch order and company do not matter
+    assert not torch.equal(a[0], exponential_noise(torch.tensor([5]), 4, 11)[0])  # the next token differs
+    assert not torch.equal(a[0], a[1])
+    assert (a > 0).all()
+    fresh = exponential_noise(torch.arange(20_000), 0, 50)  # Exp(1): mean 1, variance 1
+    assert abs(fresh.mean().item() - 1) < 0.01 and abs(fresh.var().item() - 1) < 0.03
+
+
+def test_a_row_is_drawn_the_same_whatever_else_is_in_the_batch():
+    model, tok = tiny(seed=2)
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=8)
+    together = sample(model, tok, ["12+34=", "5*6=", "1234*5678="], [3, 2, 2], seeds=[10, 11, 12], **kw)
+    alone = sample(model, tok, ["5*6="], [2], seeds=[11], **kw)
+    texts_together, texts_alone = decode_responses(tok, together), decode_responses(tok, alone)
+    assert texts_together[3:5] == texts_alone  # padded differently, in other company: same responses
+    other_seed = sample(model, tok, ["5*6="], [2], seeds=[99], **kw)
+    assert decode_responses(tok, other_seed) != texts_alone
+
+
+def test_sampler_sees_the_raw_logits_whatever_the_generation_config_says(monkeypatch):
+    model, tok = tiny(seed=4)
+    model.generation_config.repetition_penalty = 3.0  # as shipped with some instruct checkpoints
+    model.generation_config.no_repeat_ngram_size = 1
+    model.generation_config.top_k = 2
+    seen = []
+    original = SeededSampler.__call__
+    monkeypatch.setattr(SeededSampler, "__call__", lambda self, ids, scores: seen.append(scores.clone())
+                        or original(self, ids, scores))
+    ro = sample(model, tok, ["7+8=", "123+456="], [3, 3], seeds=[1, 2], temperature=1.0, top_p=1.0,
+                max_new_tokens=10)
+    with torch.no_grad():
+        logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                       position_ids=position_ids(ro.attention_mask)).logits[:, ro.prompt_length - 1:-1]
+    m = ro.response_mask.bool()
+    for t, scores in enumerate(seen):
+        rows = m[:, t]
+        assert torch.allclose(scores[rows], logits[rows, t], atol=1e-4), t
+
+
+def test_temperature_zero_is_greedy():
+    model, tok = tiny(seed=5)
+    ro = sample(model, tok, ["12+34="], [2], seeds=[3], temperature=0.0, top_p=1.0, max_new_tokens=6)
+    enc = tok(["12+34="], return_tensors="pt")
+    greedy = model.generate(**enc, do_sample=False, max_new_tokens=6, pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id)
+    n = greedy.shape[1] - enc["input_ids"].shape[1]
+    assert ro.responses[0, :n].tolist() == greedy[0, enc["input_ids"].shape[1]:].tolist()
+    assert ro.responses[0].tolist() == ro.responses[1].tolist()
