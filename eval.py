@@ -47,7 +47,7 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 = the full distribution
     max_new_tokens: int = 48  # response length limit; longer responses are truncated and counted
     batch_rollouts: int = 512  # rollouts per generate call: batch_rollouts // k problems at a time
-    seed: int = 0  # sampling seeds derive from (seed, problem ids of each batch)
+    seed: int = 0  # sample j of a problem is drawn from a seed derived from (seed, problem id, j)
     bootstrap: int = 1000  # bootstrap resamples for best@k (as verl) and for the confidence intervals
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
     dtype: str = "float32"  # 'float32' | 'bfloat16'

@@ -24,9 +24,9 @@ def init() -> tuple[int, int]:
     """(rank, world_size); starts the process group when launched by torchrun (any world size)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
     return rank(), world_size()
 
 
@@ -62,9 +62,11 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
 
 
 def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
-    x = x.clone()
-    dist.all_reduce(x, op=op)
-    return x
+    """On a copy, on the device the backend reduces on (NCCL: this rank's GPU), returned where x was."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+    y = x.detach().to(device, copy=True)
+    dist.all_reduce(y, op=op)
+    return y.to(x.device)
 
 
 def all_gather_objects(obj) -> list:

@@ -110,3 +110,18 @@ def test_without_a_process_group_nothing_is_sharded():
     assert dist.run_as_forward(model, lambda a, b=0: a + b, 1, b=2) == 3
     with dist.gathered(model):  # a no-op without FSDP
         pass
+
+
+def test_random_shape_model_trains_under_torchrun_with_one_process(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from random_model import SHAPES, build
+    assert SHAPES["qwen2.5-math-1.5b"]["vocab_size"] == 151936
+    small = dict(SHAPES["qwen2.5-math-1.5b"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=5000)  # the same code, a CPU-sized shape
+    build(small, str(tmp_path / "model"))
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1")
+    out = run([f"model={tmp_path / 'model'}", "steps=1", "rollout.max_new_tokens=8", "eval_samples=1",
+               f"out_dir={tmp_path / 'out'}"], tmp_path, launcher)
+    row = step_rows(tmp_path / "out")[1]
+    assert row["response_length"] > 0 and "time/generate" in open(tmp_path / "out" / "metrics.jsonl").read()
+    assert "step    1 | reward" in out
