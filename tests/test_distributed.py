@@ -1,5 +1,4 @@
 # python -m pytest -q tests/test_distributed.py  — FSDP2 under torchrun (gloo, 2 processes) against 1 process.
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynamo import distributed as dist
-from tests.helpers import tiny
+from tests.helpers import step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Easy levels and a warm-up long enough that most steps have real gradients.
@@ -30,11 +29,6 @@ def run(args, cwd, launcher=(sys.executable,)):
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res.stdout
-
-
-def step_rows(out):
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if "reward" in r}
 
 
 def weights(path):

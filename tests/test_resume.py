@@ -1,5 +1,4 @@
 # python -m pytest -q tests/test_resume.py  — exact resume, crash safety, bad input, non-finite steps.
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from tests.helpers import tiny
+from tests.helpers import step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "default.yaml")
@@ -29,11 +28,6 @@ def run(args, cwd, env_extra=None, wait=True):
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return res.stdout
-
-
-def step_rows(out):
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if "reward" in r}
 
 
 def weights(out, step):
