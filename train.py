@@ -33,6 +33,7 @@ from dynamo.modulation import entropy_change_corr, factor_stats, modulate, step_
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, derive_seed, sample
 from dynamo.verifier import stats as verifier_stats
+from dynamo.warmup import WarmupError, warm_up
 
 
 def main(argv: list[str]) -> None:
@@ -62,7 +63,6 @@ def main(argv: list[str]) -> None:
         if resume:  # the policy (and its tokenizer) come back from the checkpoint
             model, tokenizer = load_pretrained(resume, dtype)
         elif cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
-            from dynamo.warmup import warm_up
             if dist.is_main():
                 warm_up(cfg, torch.device("cpu"), log=log)
             dist.barrier()
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
         else:
             model, tokenizer = load_pretrained(cfg.model, dtype)
         pool = drop_long_prompts(cfg, pool, tokenizer, log)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, WarmupError) as e:
         sys.exit(f"error: {e}")
     if dist.is_main():
         with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:

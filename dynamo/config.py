@@ -88,11 +88,13 @@ class WarmupConfig:
     steps: int = 500  # at most this many supervised steps
     batch_size: int = 64
     lr: float = 3e-3
-    check_every: int = 25  # evaluate a snapshot every this many steps
+    check_every: int = 25  # check a snapshot's accuracy every this many steps ...
+    fine_check_every: int = 5  # ... and every this many once pass@1 reaches target_low / 2
     target_low: float = 0.30  # stop at the first snapshot with sampled pass@1 in [low, high] ...
     target_high: float = 0.50
     min_greedy_gap: float = 0.10  # ... and greedy accuracy at least this much above it
     cache_dir: str = "cache"  # the warmed model is stored here, keyed by a hash of its settings
+    shipped: bool = True  # use the start shipped in assets/warmed-tiny when its settings match this config
 
 
 @dataclass
@@ -206,7 +208,8 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' = {value!r}; choose one of {', '.join(allowed)}")
     positive = ["steps", "prompts_per_step", "rollouts_per_prompt", "mini_batches", "micro_batch_size",
                 "logprob_chunk", "eval_prompts", "eval_samples", "train_pool", "rollout.max_new_tokens",
-                "rollout.max_prompt_tokens", "warmup.batch_size", "warmup.check_every"]
+                "rollout.max_prompt_tokens", "warmup.batch_size", "warmup.check_every",
+                "warmup.fine_check_every"]
     for key in positive:
         section, _, name = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, name)

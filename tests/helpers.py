@@ -21,3 +21,17 @@ def step_rows(out) -> dict:
     """{step: metrics row without its timings} of a train.py run's metrics.jsonl."""
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if "reward" in r}
+
+
+# The warmed start shipped with the repository: the same weights on every machine, so a short run from it
+# lands in the same place whatever CPU kernels compute it (a warm-up trained here would not).
+SHIPPED_START = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "warmed-tiny")
+
+
+def require_gradients(rows: dict, steps, least: int = 1) -> None:
+    """Precondition of every comparison of two training runs: enough of `steps` had a real gradient."""
+    live = [s for s in steps if rows[s]["grad_norm"] > 0]
+    assert len(live) >= least, (
+        f"precondition broken: only steps {live} of {list(steps)} had a non-zero gradient (need {least}; "
+        f"zero-advantage group fractions {[rows[s]['zero_adv_groups'] for s in steps]}), so comparing the runs "
+        "would prove nothing: the start or the task levels no longer give mixed rewards")

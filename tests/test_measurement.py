@@ -31,8 +31,8 @@ def test_grad_variance_quick(tmp_path):
             lo, hi = r["measured_ci95"]
             if r["measured_ratio"] is not None and lo is not None:
                 assert lo <= r["measured_ratio"] + 1e-9 and r["measured_ratio"] <= hi + 1e-9
-        if rows["uniform"]["trace"] > 0:
-            assert math.isclose(rows["uniform"]["measured_ratio"], 1.0)
+        assert rows["uniform"]["trace"] > 0, "precondition broken: no gradient at all from the shipped start"
+        assert math.isclose(rows["uniform"]["measured_ratio"], 1.0)
     assert "measured [95% CI]" in res.stdout and "SPEC §1" in res.stdout
 
 
