@@ -38,6 +38,11 @@ from dynamo.warmup import WarmupError, warm_up
 
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- config
+    if {"-h", "--help"} & set(argv):
+        print("usage: python train.py --config FILE [key=value ...]\n" + __doc__ +
+              "\nEvery config key, with its meaning: dynamo/config.py; the resolved values of a config:\n"
+              "    python -m dynamo.config --config configs/default.yaml [key=value ...]")
+        return
     try:
         cfg = load_config(argv)
     except ConfigError as e:

@@ -87,3 +87,9 @@ def test_torchrun_two_processes(single_run, tmp_path):
     steps = [r for r in read_metrics(tmp_path / "out") if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]  # rank 0 alone writes
     assert res.stdout.count("step    2 | reward") == 1
+
+
+def test_help_answers_without_running(capsys):
+    train.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python train.py --config FILE") and "python -m dynamo.config" in out

@@ -82,3 +82,9 @@ def test_out_of_gap_snapshots_fall_back_to_the_largest_gap_inside_the_window(tmp
     reused = []
     warmup.warm_up(cfg, torch.device("cpu"), log=reused.append)  # the cache says where it came from
     assert "reusing cached model" in reused[0] and info["chosen_by"] in reused[0] and "Delete that directory" in reused[0]
+
+
+def test_help_says_how_to_rebuild_the_shipped_start(capsys):
+    warmup.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m dynamo.warmup") and warmup.REBUILD_SHIPPED in out
