@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dynamo import distributed as dist
 from dynamo import metrics
-from dynamo.config import ConfigError, dump, load_config, to_dict
+from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
 from dynamo.data import read_jsonl, render
 from dynamo.evaluate import sample_and_score
 from dynamo.model import load_pretrained
@@ -59,13 +59,13 @@ class EvalConfig:
 # What decides the samples: a rerun into the same output must keep them (weights: see weights_stamp).
 SAMPLING_KEYS = ("model", "weights", "template", "temperature", "top_p", "max_new_tokens", "seed")
 FLAGS = {"--model": "model", "--k": "k", "--output": "output"}
+CHOICES = {"template": ("auto", "plain", "boxed", "chat"), "device": ("auto", "cpu", "cuda"),
+           "dtype": ("float32", "bfloat16")}
 
 
 def check(cfg: EvalConfig) -> None:
     """Inconsistent values stop the run before any work, each message naming its key."""
-    choices = {"template": ("auto", "plain", "boxed", "chat"), "device": ("auto", "cpu", "cuda"),
-               "dtype": ("float32", "bfloat16")}
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' = {getattr(cfg, key)!r}; choose one of {', '.join(allowed)}")
     for key in ("k", "max_new_tokens", "batch_rollouts", "bootstrap", "task_problems"):
@@ -141,6 +141,11 @@ def read_samples(output: str) -> dict[tuple[str, str], dict[int, dict]]:
 
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- config
+    if {"-h", "--help"} & set(argv):
+        print("usage: python eval.py --model DIR [--data FILE ... | arithmetic] [--k K] [--output DIR] [--config FILE] "
+              "[key=value ...]\n" + __doc__ + "\nkeys (type = default; --model, --data, --k, --output set the first "
+              "four):\n" + help_text(EvalConfig, CHOICES))
+        return
     try:
         cfg = load_config(parse_args(argv), cls=EvalConfig, check=check)
         benchmarks = load_benchmarks(cfg)

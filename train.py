@@ -23,7 +23,7 @@ import torch
 
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, allocation_telemetry, rollout_counts
-from dynamo.config import ConfigError, dump, load_config, to_dict
+from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
 from dynamo.data import PromptOrder, load_problems, render
 from dynamo.evaluate import evaluate
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
@@ -39,9 +39,8 @@ from dynamo.warmup import WarmupError, warm_up
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- config
     if {"-h", "--help"} & set(argv):
-        print("usage: python train.py --config FILE [key=value ...]\n" + __doc__ +
-              "\nEvery config key, with its meaning: dynamo/config.py; the resolved values of a config:\n"
-              "    python -m dynamo.config --config configs/default.yaml [key=value ...]")
+        print("usage: python train.py --config FILE [key=value ...]\n" + __doc__ + "\nconfig keys (type = default before any config file):\n"
+              + help_text() + "\n\nThe resolved values of a config: python -m dynamo.config --config FILE [key=value ...]")
         return
     try:
         cfg = load_config(argv)

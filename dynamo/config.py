@@ -67,8 +67,8 @@ class ModulationConfig:
 class OptimConfig:
     lr: float = 3e-5  # AdamW learning rate
     weight_decay: float = 0.1  # AdamW weight decay
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.999  # AdamW second-moment decay
     warmup_steps: int = 10  # linear learning-rate warm-up, then constant (SPEC §6)
     grad_clip: float = 1.0  # global grad-norm clip; a non-finite norm skips the step
     max_bad_steps: int = 5  # stop after this many consecutive skipped (non-finite) steps
@@ -86,12 +86,12 @@ class ParallelConfig:
 class WarmupConfig:
     """Supervised warm-up of the embedded tiny model (only used when model == 'tiny')."""
     steps: int = 500  # at most this many supervised steps
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 64  # supervised examples per warm-up step
+    lr: float = 3e-3  # AdamW learning rate (50 linear warm-up steps, then cosine to zero over `steps`)
     check_every: int = 25  # check a snapshot's accuracy every this many steps ...
     fine_check_every: int = 5  # ... and every this many once pass@1 reaches target_low / 2
     target_low: float = 0.30  # stop at the first snapshot with sampled pass@1 in [low, high] ...
-    target_high: float = 0.50
+    target_high: float = 0.50  # (the window's upper end)
     min_greedy_gap: float = 0.10  # ... and greedy accuracy at least this much above it
     cache_dir: str = "cache"  # the warmed model is stored here, keyed by a hash of its settings
     shipped: bool = True  # use the start shipped in assets/warmed-tiny when its settings match this config
@@ -124,6 +124,7 @@ class Config:
     sample_every: int = 20  # dump (prompt, response, reward, advantage) samples every k steps
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
+    # built-in task: the difficulty levels in use (addK: K-digit + K-digit, mulK: K-digit x 1-digit)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -310,6 +311,50 @@ def _apply_preset(cfg, name) -> None:
         raise ConfigError(f"config key 'preset' = {name!r}; choose one of {', '.join(PRESETS)}")
     for k, v in PRESETS[name].items():
         _set(cfg, k, v)
+
+
+def _field_notes(cls) -> dict[str, str]:
+    """{field: the comment after it in the class body}: the meanings --help prints, kept beside the fields."""
+    import inspect
+    import re
+    notes, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            last = m.group(1)
+            notes[last] = m.group(2) or ""
+        elif last and re.match(r"\s+#\s*(.*)$", line):  # a comment line continuing the one above
+            notes[last] = (notes[last] + " " + line.strip()[1:].strip()).strip()
+    return notes
+
+
+def help_rows(cls=None, choices=None) -> list[tuple[str, str, str]]:
+    """(dotted key, "type = default (choices)", meaning) for every key of a config dataclass."""
+    rows, choices = [], CHOICES if cls is None else (choices or {})
+
+    def walk(c, prefix):
+        notes, inst = _field_notes(c), c()
+        for f in dataclasses.fields(c):
+            value = getattr(inst, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), prefix + f.name + ".")
+                continue
+            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            choice = choices.get(prefix + f.name)
+            rows.append((prefix + f.name, f"{typ} = {json.dumps(value)}"
+                         + (f" ({'|'.join(choice)})" if choice else ""), notes.get(f.name, "")))
+
+    walk(cls or Config, "")
+    return rows
+
+
+def help_text(cls=None, choices=None) -> str:
+    """--help's table: one key a line (meanings past column 50, on the next line when the key is long)."""
+    lines = []
+    for key, typ, note in help_rows(cls, choices):
+        head = f"  {key} {typ}"
+        lines.append(head.ljust(50) + " " + note if len(head) < 50 else head + "\n" + " " * 51 + note)
+    return "\n".join(lines)
 
 
 def dump(cfg: Config) -> str:

@@ -150,13 +150,18 @@ def test_train_evaluate_keeps_its_keys_and_the_callers_rng():
     assert len(res["per_problem"]) == 6 and res == evaluate(model, tok, problems, [p.prompt for p in problems], **kw)
 
 
-def eval_error(argv) -> str:
-    """eval.py's main in this process (errors stop before the model loads); the message it exits with."""
+def eval_module():
+    """eval.py loaded as a module (it is a script, not a package member)."""
     spec = importlib.util.spec_from_file_location("eval_entry", os.path.join(ROOT, "eval.py"))
     module = sys.modules["eval_entry"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
     spec.loader.exec_module(module)
+    return module
+
+
+def eval_error(argv) -> str:
+    """eval.py's main in this process (errors stop before the model loads); the message it exits with."""
     with pytest.raises(SystemExit) as e:
-        module.main([str(a) for a in argv])
+        eval_module().main([str(a) for a in argv])
     return str(e.value)
 
 
@@ -203,3 +208,15 @@ def test_samples_do_not_depend_on_the_batching():
     small = dict(sample_and_score(model, tok, problems, prompts, batch_rollouts=3, **kw))  # 1 problem a batch
     large = dict(sample_and_score(model, tok, problems, prompts, batch_rollouts=512, **kw))  # all at once
     assert small == large
+
+
+def test_help_lists_every_key_with_its_default_and_meaning(capsys):
+    import dataclasses
+    from dynamo.config import help_rows
+    cli = eval_module()
+    cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python eval.py --model DIR")
+    rows = {key: note for key, _, note in help_rows(cli.EvalConfig, cli.CHOICES)}
+    assert sorted(rows) == sorted(f.name for f in dataclasses.fields(cli.EvalConfig)) and all(rows.values())
+    assert 'template str = "auto" (auto|plain|boxed|chat)' in out

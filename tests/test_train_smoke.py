@@ -93,3 +93,16 @@ def test_help_answers_without_running(capsys):
     train.main(["--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: python train.py --config FILE") and "python -m dynamo.config" in out
+
+
+def test_help_lists_every_config_key():
+    import dataclasses
+    from dynamo.config import Config, help_rows, help_text
+    rows = {key: (typ, note) for key, typ, note in help_rows()}
+    for f in dataclasses.fields(Config):
+        sub = getattr(Config(), f.name)
+        names = [f"{f.name}.{g.name}" for g in dataclasses.fields(sub)] if dataclasses.is_dataclass(sub) else [f.name]
+        for name in names:  # each with its type, default and a one-line meaning
+            assert name in rows and rows[name][1], f"config key {name} has no meaning in --help"
+    assert rows["allocation"][0] == 'str = "dynamo" (uniform|dynamo|oracle)'
+    assert '  warmup.shipped bool = true ' in help_text()
