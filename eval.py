@@ -163,7 +163,8 @@ def main(argv: list[str]) -> None:
         differ = [k for k in SAMPLING_KEYS if old.get(k) != settings[k]]
         if differ:
             sys.exit(f"error: {cfg.output} holds samples drawn with other {', '.join(differ)} "
-                     f"(there: {', '.join(f'{k}={old.get(k)!r}' for k in differ)}); use another output")
+                     f"(there: {', '.join(f'{k}={old.get(k)!r}' for k in differ)}): choose another folder with "
+                     f"output=DIR (or --output DIR), or delete {cfg.output}")
     done = read_samples(cfg.output)
     dist.barrier()  # every rank has read the old samples before any rank appends new ones
     if dist.is_main():

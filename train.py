@@ -20,10 +20,11 @@ import sys
 import time
 
 import torch
+import yaml
 
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, allocation_telemetry, rollout_counts
-from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
+from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
 from dynamo.data import PromptOrder, load_problems, render
 from dynamo.evaluate import evaluate
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
@@ -38,6 +39,7 @@ from dynamo.warmup import WarmupError, warm_up
 
 def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- config
+    t_main = time.time()
     if {"-h", "--help"} & set(argv):
         print("usage: python train.py --config FILE [key=value ...]\n" + __doc__ + "\nconfig keys (type = default before any config file):\n"
               + help_text() + "\n\nThe resolved values of a config: python -m dynamo.config --config FILE [key=value ...]")
@@ -60,8 +62,11 @@ def main(argv: list[str]) -> None:
     try:
         if dist.is_main():
             check_writable(cfg.out_dir)
-        resume = checkpoint.latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
+        resume = claim_out_dir(cfg, log)
+        dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
         state = checkpoint.load_state(resume) if resume else None
+        if state:
+            checkpoint.check_resumable(resume, state, to_dict(cfg))
         pool, heldout = load_problems(cfg)
         torch.manual_seed(cfg.seed)
         if resume:  # the policy (and its tokenizer) come back from the checkpoint
@@ -128,6 +133,7 @@ def main(argv: list[str]) -> None:
             metrics_file.flush()
         return res
 
+    stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit
     if first_eval is None:
         first_eval = run_eval(0)
     t_start = time.time()
@@ -273,6 +279,13 @@ def main(argv: list[str]) -> None:
             samples_file.flush()
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
+        stop = stop_request.agreed()  # every rank stops after the same step
+        if stop and step != cfg.steps:
+            save_checkpoint(step)
+            log(f"interrupted at step {step}; resume with resume=auto")
+            stop_request.restore()
+            dist.shutdown()
+            sys.exit(128 + stop)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
             save_checkpoint(step)
 
@@ -282,7 +295,9 @@ def main(argv: list[str]) -> None:
         checkpoint.mark_final(cfg.out_dir, path)
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         if first_eval and last_eval:
-            summarise(first_eval, last_eval, cfg.out_dir)
+            summarise(first_eval, last_eval, cfg.out_dir,
+                      {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)})
+    stop_request.restore()
     dist.shutdown()
 
 
@@ -296,6 +311,29 @@ def check_writable(out_dir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
+
+
+def claim_out_dir(cfg, log) -> str | None:
+    """The checkpoint to continue (or None), once sure that out_dir holds no other run's outputs."""
+    resume = checkpoint.latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
+    if resume:
+        return resume
+    if cfg.resume == "auto":
+        log(f"no checkpoint in {cfg.out_dir}: starting fresh")
+    old = checkpoint.previous_run(cfg.out_dir)
+    if old and cfg.overwrite:
+        if dist.is_main():
+            checkpoint.remove_run(cfg.out_dir)
+        log(f"overwrite=true: removed the earlier run's {', '.join(old)} from {cfg.out_dir}")
+    elif old:
+        saved = os.path.join(cfg.out_dir, "config.yaml")
+        if cfg.resume == "auto" and os.path.exists(saved) and not checkpoint.config_changes(
+                yaml.safe_load(open(saved)), to_dict(cfg)):
+            return None  # the same run, stopped before its first checkpoint: it starts again from scratch
+        raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
+                         "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
+                         "overwrite=true")
+    return None
 
 
 def drop_long_prompts(cfg, pool: list, tokenizer, log) -> list:
@@ -336,13 +374,13 @@ def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:
     return res["per_problem"]
 
 
-def summarise(first: dict, last: dict, out_dir: str) -> None:
-    """Start vs end held-out accuracy with the standard error of the paired difference."""
+def summarise(first: dict, last: dict, out_dir: str, identity: dict) -> None:
+    """Start vs end held-out accuracy with the standard error of the paired difference, and the run's identity."""
     diff = [b - a for a, b in zip(first["per_problem"], last["per_problem"])]
     d = sum(diff) / len(diff)
     se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff))
     summary = {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
-               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"]}
+               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"], **identity}
     print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
           f"(gain {d:+.4f} +- {se:.4f} SE, paired over {len(diff)} problems)", flush=True)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:

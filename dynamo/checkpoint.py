@@ -18,6 +18,8 @@ import os
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 import warnings
 
@@ -28,6 +30,12 @@ from dynamo import distributed as dist
 
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "checkpoints", "final")
+# The config keys a run may change when it resumes: none of them changes what is trained. Any other
+# difference between a checkpoint's resolved config and the resuming run's stops the resume.
+RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
+                  "sample_every", "logprob_chunk", "activation_checkpointing", "device",
+                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped")
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -146,3 +154,79 @@ def load_state(path: str) -> dict:
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
     # Our own file: optimiser tensors plus plain Python containers (RNG states hold numpy arrays).
     return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def previous_run(out_dir: str) -> list[str]:
+    """The outputs of an earlier run found in out_dir (an empty checkpoints/ folder does not count)."""
+    found = []
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
+            found.append(name)
+    return found
+
+
+def remove_run(out_dir: str) -> None:
+    """Delete an earlier run's outputs (overwrite=true); nothing else in out_dir is touched."""
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+
+
+def check_resumable(path: str, state: dict, config: dict) -> None:
+    """A checkpoint this run may continue: not past `steps`, and written under the same run-changing config."""
+    if state["step"] > config["steps"]:
+        raise ValueError(f"checkpoint {path} is at step {state['step']}, past this run's steps = {config['steps']}: "
+                         "raise steps, or start a new run in another out_dir (or with overwrite=true)")
+    changes = config_changes(state["config"], config)
+    if changes:
+        raise ValueError(f"checkpoint {path} was written under another config ({'; '.join(changes)}): resume with "
+                         "the same settings, or start a new run in another out_dir (or with overwrite=true). Keys "
+                         f"that may change on resume: {', '.join(RESUMABLE_KEYS)}")
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (what schedulers send before preemption) ask the run to stop after the
+    current step with a checkpoint. A second Ctrl-C stops at once; further SIGTERMs (torchrun forwards
+    the one it got to its workers) change nothing. Outside the main thread it installs nothing."""
+
+    def __init__(self, log=print):
+        self.signum, self.log, self._old = 0, log, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            print("interrupted again: stopping now, without a checkpoint", flush=True)
+            raise SystemExit(128 + signum)
+        if not self.signum:
+            self.signum = signum
+            self.log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                     "(Ctrl-C again to stop at once)")
+
+    def agreed(self) -> int:
+        """The signal every rank stops on after this step (0 = go on): the same on all ranks."""
+        return int(dist.all_reduce_max(torch.tensor([float(self.signum)]))[0].item())
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

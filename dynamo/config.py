@@ -118,9 +118,10 @@ class Config:
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
     eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
-    checkpoint_every: int = 0  # save a resumable checkpoint every k steps (0 = only at the end)
+    checkpoint_every: int = 20  # save a resumable checkpoint every k steps (0 = only at the end and on a stop signal)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     resume: str = ""  # '' = start fresh, 'auto' = newest complete checkpoint in out_dir (if any), or a path
+    overwrite: bool = False  # a fresh run into an out_dir holding another run's outputs deletes them first
     sample_every: int = 20  # dump (prompt, response, reward, advantage) samples every k steps
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
@@ -269,6 +270,12 @@ def load_config(argv: list[str], cls=None, check=None):
             _apply_preset(cfg, doc.pop("preset", None))
             for k, v in doc.items():
                 _set(cfg, k, v)
+    keys = [item.split("=", 1)[0] for item in overrides]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice:
+        given = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == twice]
+        raise ConfigError(f"config key '{twice}' is given {len(given)} times on the command line "
+                          f"({', '.join(map(repr, given))}): give it once")
     for item in overrides:
         key, raw = item.split("=", 1)
         try:
@@ -285,7 +292,7 @@ def load_config(argv: list[str], cls=None, check=None):
     return cfg
 
 
-def _read_yaml_chain(path: str, depth: int = 0) -> list[dict]:
+def _read_yaml_chain(path: str, depth: int = 0, named_by: str | None = None) -> list[dict]:
     """The YAML mapping at `path`, preceded by the files it names as `base:` (relative to it)."""
     if depth > 8:
         raise ConfigError(f"config file {path}: 'base' chain deeper than 8 files (a cycle?)")
@@ -293,7 +300,9 @@ def _read_yaml_chain(path: str, depth: int = 0) -> list[dict]:
         with open(path) as f:
             doc = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        where = (f" (named by 'base:' in {named_by}; a base path is relative to the file that names it)"
+                 if named_by else "")
+        raise ConfigError(f"config file not found: {path}{where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML in {path}: {e}") from None
     if not isinstance(doc, dict):
@@ -301,7 +310,7 @@ def _read_yaml_chain(path: str, depth: int = 0) -> list[dict]:
     base = doc.pop("base", None)
     if base is None:
         return [doc]
-    return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1) + [doc]
+    return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1, path) + [doc]
 
 
 def _apply_preset(cfg, name) -> None:
@@ -355,6 +364,26 @@ def help_text(cls=None, choices=None) -> str:
         head = f"  {key} {typ}"
         lines.append(head.ljust(50) + " " + note if len(head) < 50 else head + "\n" + " " * 51 + note)
     return "\n".join(lines)
+
+
+def run_identity(argv: list[str], cfg) -> dict:
+    """What identifies a run in its summary: config file, hash of the resolved config, seeds, steps, commit."""
+    import hashlib
+    import subprocess
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None))
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"config_file": path, "config_sha256": hashlib.sha256(dump(cfg).encode()).hexdigest()[:16],
+            "seed": cfg.seed, "rl_seed": cfg.rl_seed if cfg.rl_seed >= 0 else cfg.seed, "steps": cfg.steps,
+            "commit": commit, "uncommitted_changes": dirty, "overrides": [a for a in argv if "=" in a
+                                                                          and not a.startswith("--config")]}
 
 
 def dump(cfg: Config) -> str:

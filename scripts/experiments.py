@@ -89,7 +89,7 @@ def run_grid(args, overrides: list[str]) -> list[dict]:
                     print(f"[skip] {arm} seed {s}: {d}/summary.json exists", flush=True)
                     continue
                 cmd = [sys.executable, "train.py", "--config", f"configs/{arm}.yaml", f"{args.seed_key}={s}",
-                       f"out_dir={d}", *overrides]
+                       f"out_dir={d}", "overwrite=true", *overrides]  # a rerun replaces an unfinished or --force'd run
                 jobs[(arm, s)] = pool.submit(launch, cmd, os.path.join(d, "train.log"))
         for (arm, s), fut in jobs.items():
             rc, wall = fut.result()
@@ -332,7 +332,9 @@ def main() -> None:
             args.arms = ["grpo", "default"]
         if args.seeds == [0, 1, 2]:
             args.seeds = [0]
-        overrides = QUICK + [f"warmup.cache_dir={os.path.join(args.out, 'cache')}"] + overrides
+        given = {o.split("=", 1)[0] for o in overrides}  # the user's keys replace the quick ones (never twice)
+        overrides = [o for o in QUICK + [f"warmup.cache_dir={os.path.join(args.out, 'cache')}"]
+                     if o.split("=", 1)[0] not in given] + overrides
     elif not any(o.startswith("eval_every=") for o in overrides):
         overrides.append("eval_every=20")  # 5 points per curve at 80 steps; evaluation never changes training
     for arm in args.arms:

@@ -249,7 +249,9 @@ def main() -> None:
         if args.model == "tiny":
             from dynamo.warmup import SHIPPED
             args.model = SHIPPED
-        overrides = ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14", "rollout.max_new_tokens=40"] + overrides
+        given = {o.split("=", 1)[0] for o in overrides}  # the user's keys replace the quick ones (never twice)
+        overrides = [o for o in ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14",
+                                 "rollout.max_new_tokens=40"] if o.split("=", 1)[0] not in given] + overrides
     cfg = load_config(["--config", os.path.join(ROOT, args.config) if not os.path.exists(args.config) else args.config,
                        f"seed={args.seed}", "out_dir=unused", *overrides])
     os.makedirs(args.out, exist_ok=True)

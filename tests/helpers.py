@@ -35,3 +35,12 @@ def require_gradients(rows: dict, steps, least: int = 1) -> None:
         f"precondition broken: only steps {live} of {list(steps)} had a non-zero gradient (need {least}; "
         f"zero-advantage group fractions {[rows[s]['zero_adv_groups'] for s in steps]}), so comparing the runs "
         "would prove nothing: the start or the task levels no longer give mixed rewards")
+
+
+def merged(*groups) -> list[str]:
+    """key=value overrides with later groups replacing earlier keys: train.py refuses a key given twice."""
+    out: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            out[item.split("=", 1)[0].lstrip("-")] = item
+    return list(out.values())

@@ -63,3 +63,16 @@ def test_ablation_configs_differ_from_the_main_job_by_their_own_lines():
     for name in os.listdir(root):
         cfg = load_config(["--config", os.path.join(root, name)])  # every shipped config is valid
         assert cfg.out_dir.endswith(os.path.splitext(name)[0])
+
+
+def test_a_key_given_twice_is_an_error_in_either_spelling():
+    with pytest.raises(ConfigError, match=r"config key 'steps' is given 2 times on the command line \('40', '30'\)"):
+        load_config(["steps=40", "--steps=30"])
+
+
+def test_a_missing_base_names_the_file_that_named_it(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    child = tmp_path / "cfg" / "mine.yaml"
+    child.write_text("base: default.yaml\nsteps: 3\n")
+    with pytest.raises(ConfigError, match=r"named by 'base:' in .*mine.yaml; a base path is relative to the file"):
+        load_config(["--config", str(child)])

@@ -1,5 +1,7 @@
 # python -m pytest -q tests/test_distributed.py  — FSDP2 under torchrun (gloo, 2 processes) against 1 process.
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -8,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynamo import distributed as dist
-from tests.helpers import SHIPPED_START, require_gradients, step_rows, tiny
+from tests.helpers import SHIPPED_START, merged, require_gradients, step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # From the shipped warmed start on the two levels it half solves (add2, add3): mixed rewards, real gradients,
@@ -26,7 +28,7 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def run(args, cwd, launcher=(sys.executable,)):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [*launcher, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/default.yaml"),
-           *SMALL, *args]
+           *merged(SMALL, args)]
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res.stdout
@@ -69,22 +71,38 @@ def test_two_ranks_match_one_process(one_process, two_ranks):
     assert max((wa[k] - start[k]).abs().max().item() for k in wa) > 2e-4
 
 
-def test_two_rank_resume_is_exact(two_ranks, tmp_path):
+def test_two_rank_sigterm_then_resume_is_exact(two_ranks, tmp_path):
     full, split = two_ranks, tmp_path / "split"
     a = step_rows(full)
-    require_gradients(a, [3, 4], least=2)  # the steps after the resume point must update the weights
-    run([*SPLIT_FREE, "steps=2", f"out_dir={split}"], tmp_path, TORCHRUN)
+    require_gradients(a, [2, 3, 4], least=2)  # the steps after the stop must update the weights
+    # SIGTERM to torchrun, as a scheduler sends it: torchrun passes it on, both ranks finish the same step,
+    # write one checkpoint together and exit
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([*TORCHRUN, os.path.join(ROOT, "train.py"), "--config",
+                             os.path.join(ROOT, "configs/default.yaml"), *SMALL, *SPLIT_FREE, "steps=4",
+                             f"out_dir={split}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("eval step    0"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    log = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, log[-3000:]
+    stopped = int(re.search(r"interrupted at step (\d+); resume with resume=auto", log)[1])
+    assert stopped < 4 and log.count("interrupted at step") == 1  # rank 0 alone prints
     out = run([*SPLIT_FREE, "steps=4", f"out_dir={split}", "resume=auto"], tmp_path, TORCHRUN)
-    assert "resumed from" in out and "step-000002" in out
+    assert f"step-{stopped:06d}" in out and "resumed from" in out
     b = step_rows(split)
     assert sorted(b) == [1, 2, 3, 4]
-    for s in (3, 4):
+    for s in b:
         assert a[s] == b[s], s
     wa, wb = weights(full / "final"), weights(split / "final")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise: same world size, deterministic CPU
     states = [torch.load(d / "final" / "trainer_state.pt", weights_only=False) for d in (full, split)]
     assert states[0]["prompt_stats"] == states[1]["prompt_stats"]  # the allocator's table carried over exactly
-    ckpt = split / "checkpoints" / "step-000002"
+    ckpt = split / "checkpoints" / f"step-{stopped:06d}"
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert any(name.endswith(".distcp") for name in os.listdir(ckpt / "optimizer"))  # sharded optimiser state

@@ -179,7 +179,7 @@ def test_errors_name_the_culprit(setup, first_run, tmp_path):
     assert f"{tmp_path / 'odd.jsonl'}:1:" in msg and "no usable reference" in msg
     assert "config key 'temp'" in eval_error([*model, "--data", paths[0], "temp=0.5"])
     changed = eval_error([*eval_args(tmp, paths, tmp / "out"), "temperature=0.5"])
-    assert "temperature" in changed and "use another output" in changed
+    assert "temperature" in changed and "output=DIR" in changed
     weights = tmp / "model" / "model.safetensors"  # a checkpoint re-saved under the same path
     stat = os.stat(weights)
     os.utime(weights, (stat.st_atime, stat.st_mtime + 10))

@@ -1,5 +1,6 @@
 # python -m pytest -q tests/test_resume.py  — exact resume, crash safety, bad input, non-finite steps.
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from tests.helpers import SHIPPED_START, require_gradients, step_rows, tiny
+from dynamo import checkpoint
+from tests.helpers import SHIPPED_START, merged, require_gradients, step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "default.yaml")
@@ -23,7 +25,7 @@ SMALL = ["prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=8", "eval_
 
 def run(args, cwd, env_extra=None, wait=True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *SMALL, *args]
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *merged(SMALL, args)]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -35,12 +37,19 @@ def weights(out, step):
     return load_file(os.path.join(out, "checkpoints", f"step-{step:06d}", "model.safetensors"))
 
 
-def test_resume_is_exact(tmp_path, capsys):
-    # in this process (no start-up cost); the same runs as subprocesses are in test_sigkill_... below
-    full, split = tmp_path / "full", tmp_path / "split"
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """6 uninterrupted steps (in this process): what every interrupted-and-resumed run must reproduce."""
+    full = tmp_path_factory.mktemp("full") / "out"
     train.main(["--config", CONFIG, *SMALL, "steps=6", f"out_dir={full}"])
+    require_gradients(step_rows(full), [4, 5, 6], least=2)  # the steps after a resume point must update weights
+    return full
+
+
+def test_resume_is_exact(full_run, tmp_path, capsys):
+    # in this process (no start-up cost); the same as subprocesses: the SIGTERM and SIGKILL tests below
+    full, split = full_run, tmp_path / "split"
     a = step_rows(full)
-    require_gradients(a, [4, 5, 6], least=2)  # the steps after the resume point must update the weights
     train.main(["--config", CONFIG, *SMALL, "steps=3", f"out_dir={split}"])
     capsys.readouterr()
     train.main(["--config", CONFIG, *SMALL, "steps=6", f"out_dir={split}", "resume=auto"])
@@ -57,6 +66,27 @@ def test_resume_is_exact(tmp_path, capsys):
     wa, wb = weights(full, 6), weights(split, 6)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise on CPU
     assert os.path.realpath(full / "final").endswith("step-000006")
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(full_run, tmp_path):
+    out = tmp_path / "out"
+    proc = run(["steps=6", f"out_dir={out}"], tmp_path, wait=False)
+    lines = []
+    for line in proc.stdout:  # the handler is in place before the first evaluation
+        lines.append(line)
+        if line.startswith("eval step    0"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    log = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    stopped = int(re.search(r"interrupted at step (\d+); resume with resume=auto", log)[1])
+    assert "SIGTERM: finishing this step" in log and stopped < 6
+    assert checkpoint.latest(str(out)).endswith(f"step-{stopped:06d}") and not (out / "final").exists()
+    assert f"resumed from {checkpoint.latest(str(out))}" in run(["steps=6", f"out_dir={out}", "resume=auto"], tmp_path)
+    a, b = step_rows(full_run), step_rows(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6] and all(a[s] == b[s] for s in b)
+    wa, wb = weights(full_run, 6), weights(out, 6)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise, as if never interrupted
 
 
 def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path):
@@ -83,6 +113,35 @@ def test_sigkill_during_checkpoint_write_resumes_from_last_complete(tmp_path):
     assert names == ["step-000004", "step-000005", "step-000006"]  # keep_checkpoints = 3
 
 
+def test_a_run_never_overwrites_or_continues_another_silently(tmp_path, capsys):
+    out = tmp_path / "out"
+    base = [*SMALL, f"out_dir={out}"]
+    train.main(["--config", CONFIG, *base, "steps=2"])  # an earlier run: logs and its checkpoint at step 2
+    before = (out / "metrics.jsonl").read_text()
+    # a fresh run into its directory stops before any work, naming the ways out (the command line's exit)
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", CONFIG, *base, "steps=1"],
+                         cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and "holds another run" in res.stderr, res.stderr[-2000:]
+    assert all(way in res.stderr for way in ("resume=auto", "out_dir=", "overwrite=true"))
+    assert (out / "metrics.jsonl").read_text() == before  # untouched
+    # resume=auto never continues a checkpoint past `steps`, nor one written under other run-defining keys
+    assert "at step 2, past this run's steps = 1" in fail([f"out_dir={out}", "resume=auto"])
+    msg = fail([f"out_dir={out}", "resume=auto", "steps=3", "optim.lr=2e-4", "rollout.temperature=0.8"])
+    assert "optim.lr: 0.0001 -> 0.0002; rollout.temperature: 1.0 -> 0.8" in msg and "steps, out_dir" in msg
+    # keys that do not change the run may change: a longer run continues
+    capsys.readouterr()
+    train.main(["--config", CONFIG, *merged(base, ["steps=3", "resume=auto", "sample_every=1"])])
+    assert "resumed from" in capsys.readouterr().out and sorted(step_rows(out)) == [1, 2, 3]
+    # overwrite=true deletes the earlier run first
+    train.main(["--config", CONFIG, *base, "steps=1", "overwrite=true"])
+    assert "removed the earlier run's" in capsys.readouterr().out
+    assert sorted(step_rows(out)) == [1] and os.listdir(out / "checkpoints") == ["step-000001"]
+    # resume=auto with nothing to resume says that it starts fresh
+    train.main(["--config", CONFIG, *SMALL, "steps=1", "resume=auto", f"out_dir={tmp_path / 'new'}"])
+    assert f"no checkpoint in {tmp_path / 'new'}: starting fresh" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------- bad input, in-process
 
 @pytest.fixture(scope="module")
@@ -101,7 +160,7 @@ def write(path, lines):
 
 def fail(args, capsys=None):
     with pytest.raises(SystemExit) as e:
-        train.main(["--config", CONFIG, *SMALL, "steps=1", *args])
+        train.main(["--config", CONFIG, *merged(SMALL, ["steps=1"], args)])
     return str(e.value.code)
 
 
@@ -140,8 +199,8 @@ def test_long_prompts_stop_or_are_skipped(tmp_path, model_dir, capsys):
     data = write(tmp_path / "d.jsonl", GOOD + ['{"problem": "' + "1+" * 60 + '1=", "answer": "61"}'])
     common = [f"model={model_dir}", f"data={data}", "rollout.max_prompt_tokens=40"]
     assert "1 prompts exceed rollout.max_prompt_tokens = 40" in fail([*common, f"out_dir={tmp_path / 'a'}"])
-    train.main(["--config", CONFIG, *SMALL, "steps=1", *common, "rollout.too_long=skip",
-                f"out_dir={tmp_path / 'b'}", "prompts_per_step=2"])
+    train.main(["--config", CONFIG, *merged(SMALL, ["steps=1", *common, "rollout.too_long=skip",
+                                                   f"out_dir={tmp_path / 'b'}", "prompts_per_step=2"])])
     assert "skipped 1 of 3 prompts" in capsys.readouterr().out
 
 
@@ -150,8 +209,8 @@ def test_non_finite_loss_skips_the_step_and_stops_after_a_streak(tmp_path, model
     real = train.ppo_loss
     monkeypatch.setattr(train, "ppo_loss", lambda *a, **k: (lambda l, s: (l * float("nan"), s))(*real(*a, **k)))
     out = tmp_path / "out"
-    args = ["--config", CONFIG, *SMALL, f"model={model_dir}", f"data={data}", f"out_dir={out}", "prompts_per_step=2"]
-    train.main([*args, "steps=2"])
+    args = ["--config", CONFIG, *merged(SMALL, [f"model={model_dir}", f"data={data}", "prompts_per_step=2"])]
+    train.main([*args, "steps=2", f"out_dir={out}"])
     rows = step_rows(out)
     assert rows[2]["skipped_steps"] == 2
     before, after = load_file(os.path.join(model_dir, "model.safetensors")), weights(out, 2)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import train
-from tests.helpers import SHIPPED_START
+from tests.helpers import SHIPPED_START, merged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small everything, from the shipped warmed start (the warm-up and its cache are tested in test_warmup.py and,
@@ -19,7 +19,7 @@ SMALL = ["steps=2", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts
 def run(args, tmp_path, launcher=(sys.executable,), timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [*launcher, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/default.yaml"),
-           *args]
+           *merged(args)]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,6 +50,10 @@ def test_single_process_run_writes_everything(single_run):
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
     assert {"prompt", "response", "reward", "advantage"} <= set(samples[0])
     assert (out / "config.yaml").exists() and (out / "summary.json").exists()
+    summary = json.loads((out / "summary.json").read_text())  # the run's identity travels with its result
+    assert summary["config_file"].endswith("configs/default.yaml") and len(summary["config_sha256"]) == 16
+    assert (summary["seed"], summary["rl_seed"], summary["steps"]) == (0, 0, 2) and summary["wall_seconds"] > 0
+    assert summary["commit"] is None or len(summary["commit"]) == 40
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.num_parameters() > 0 and (out / "final" / "model.safetensors").exists()
@@ -58,7 +62,7 @@ def test_single_process_run_writes_everything(single_run):
 def in_process(args, capsys) -> str:
     """train.py's main in this process (no start-up cost); its printed lines."""
     capsys.readouterr()
-    train.main(["--config", os.path.join(ROOT, "configs/default.yaml"), *args])
+    train.main(["--config", os.path.join(ROOT, "configs/default.yaml"), *merged(args)])
     return capsys.readouterr().out
 
 
