@@ -184,10 +184,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs."""
+    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs (keys that only one side
+    knows, i.e. added or removed by a newer version of this code, are not compared)."""
     a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b)) if k not in RESUMABLE_KEYS and a[k] != b[k]]
 
 
 def check_resumable(path: str, state: dict, config: dict) -> None:

@@ -219,3 +219,9 @@ def test_non_finite_loss_skips_the_step_and_stops_after_a_streak(tmp_path, model
     assert not (out / "checkpoints" / "step-000002" / "optimizer").exists()  # AdamW never stepped: no moments
     with pytest.raises(SystemExit, match="3 consecutive optimiser steps had a non-finite gradient norm"):
         train.main([*args, "steps=5", "optim.max_bad_steps=3", f"out_dir={tmp_path / 'out2'}"])
+
+
+def test_config_changes_skip_resumable_keys_and_keys_one_version_lacks():
+    old = {"steps": 5, "eval_every": 2, "optim": {"lr": 1e-4, "beta1": 0.9}, "removed_key": 1}
+    new = {"steps": 9, "eval_every": 4, "optim": {"lr": 2e-4, "beta1": 0.9}, "added_key": 3}
+    assert checkpoint.config_changes(old, new) == ["optim.lr: 0.0001 -> 0.0002"]
