@@ -1,14 +1,15 @@
 """Evaluate a checkpoint on math benchmarks: avg@k, unbiased pass@k, verl's bootstrap best@k, 95 % CIs.
 
     python eval.py --model runs/default/final --data arithmetic --k 32         # the embedded default, CPU
-    python eval.py --model /models/Qwen2.5-Math-1.5B --data ../shared/benchmarks/*/test.jsonl --k 32 \
+    python eval.py --model /models/Qwen2.5-Math-1.5B --data /path/to/benchmarks/*/test.jsonl --k 32 \
         max_new_tokens=3072 dtype=bfloat16 batch_rollouts=1024
     torchrun --standalone --nproc_per_node 8 eval.py --config my_eval.yaml      # problems split by rank
 
 What the table reports (SPEC §7): P@1 is avg@k, the mean accuracy of k samples per problem; P@k is
 the unbiased pass@k (Chen et al. 2021) in one row and verl's bootstrap best@k, which the paper's P@32
 most likely is and which understates pass@k, in the other. Avg weighs every benchmark the same.
-Benchmark files: any JSONL in the formats of ../shared/benchmarks, the format found from the fields
+Benchmark files: any JSONL in the usual formats of MATH-500, AIME, AMC, GSM8K, Minerva and
+OlympiadBench (README, "The verifier"), the format found from the fields
 (dynamo.verifier.reference_answer); `arithmetic` is the built-in task's held-out split.
 Writes to `output`: samples.jsonl (one line per sample), summary.json (every metric with its bootstrap
 CI) and table.md. Each rank appends to output/parts/rank<r>.jsonl as problems finish (so ranks need

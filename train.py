@@ -67,6 +67,11 @@ def main(argv: list[str]) -> None:
         state = checkpoint.load_state(resume) if resume else None
         if state:
             checkpoint.check_resumable(resume, state, to_dict(cfg))
+        if state and state["step"] == cfg.steps:  # its logs, summary and final weights stay as they are
+            log(f"the run in {cfg.out_dir} already finished all {cfg.steps} steps ({resume}): nothing to do; "
+                "raise steps to continue it")
+            dist.shutdown()
+            return
         pool, heldout = load_problems(cfg)
         torch.manual_seed(cfg.seed)
         if resume:  # the policy (and its tokenizer) come back from the checkpoint

@@ -354,6 +354,9 @@ def help_rows(cls=None, choices=None) -> list[tuple[str, str, str]]:
                          + (f" ({'|'.join(choice)})" if choice else ""), notes.get(f.name, "")))
 
     walk(cls or Config, "")
+    if cls is None:  # not a field: a named bundle of overrides, applied before the others
+        rows.append(("preset", f"str ({'|'.join(PRESETS)})", "apply a named bundle of keys first: "
+                     + "; ".join(f"{n} = {', '.join(f'{k}={v}' for k, v in p.items())}" for n, p in PRESETS.items())))
     return rows
 
 
@@ -391,4 +394,7 @@ def dump(cfg: Config) -> str:
 
 
 if __name__ == "__main__":  # print the resolved config: python -m dynamo.config --config X k=v
-    print(json.dumps(to_dict(load_config(sys.argv[1:])), indent=2))
+    try:
+        print(json.dumps(to_dict(load_config(sys.argv[1:])), indent=2))
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")

@@ -248,9 +248,9 @@ def main(argv: list[str]) -> None:
     from dynamo.config import ConfigError, load_config
     if {"-h", "--help"} & set(argv):
         print("usage: python -m dynamo.warmup --config FILE [--ship] [key=value ...]\n\n"
-              "Train the embedded model's warm-up now (ignoring the cache and the shipped start) and write it to\n"
-              "warmup.cache_dir/tiny-<key>, or with --ship to assets/warmed-tiny (the main job's start).\n"
-              + __doc__)
+              "Trains the embedded model's warm-up now (ignoring the cache and the shipped start) and writes it to\n"
+              "warmup.cache_dir/tiny-<key>, or with --ship to assets/warmed-tiny (the main job's start). The keys\n"
+              "are train.py's (python train.py --help); the warm-up's own are warmup.*.\n\nHow it works:\n" + __doc__)
         return
     ship = "--ship" in argv
     try:

@@ -1,4 +1,6 @@
 # python -m pytest -q tests/test_config.py  — config parsing, overrides and errors that name the key.
+import os
+
 import pytest
 
 from dynamo.config import ConfigError, load_config
@@ -63,6 +65,14 @@ def test_ablation_configs_differ_from_the_main_job_by_their_own_lines():
     for name in os.listdir(root):
         cfg = load_config(["--config", os.path.join(root, name)])  # every shipped config is valid
         assert cfg.out_dir.endswith(os.path.splitext(name)[0])
+
+
+def test_print_config_errors_without_a_traceback():
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "dynamo.config", "stepz=3"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=60)
+    assert res.returncode == 1 and res.stderr.startswith("config error: ") and "Traceback" not in res.stderr
 
 
 def test_a_key_given_twice_is_an_error_in_either_spelling():

@@ -133,6 +133,9 @@ def test_a_run_never_overwrites_or_continues_another_silently(tmp_path, capsys):
     capsys.readouterr()
     train.main(["--config", CONFIG, *merged(base, ["steps=3", "resume=auto", "sample_every=1"])])
     assert "resumed from" in capsys.readouterr().out and sorted(step_rows(out)) == [1, 2, 3]
+    # a finished run is left as it is: nothing is re-evaluated, re-saved or re-summarised
+    train.main(["--config", CONFIG, *base, "steps=3", "resume=auto"])
+    assert "already finished all 3 steps" in capsys.readouterr().out and sorted(step_rows(out)) == [1, 2, 3]
     # overwrite=true deletes the earlier run first
     train.main(["--config", CONFIG, *base, "steps=1", "overwrite=true"])
     assert "removed the earlier run's" in capsys.readouterr().out
