@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-import yaml
 
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, allocation_telemetry, rollout_counts
@@ -62,7 +61,7 @@ def main(argv: list[str]) -> None:
     try:
         if dist.is_main():
             check_writable(cfg.out_dir)
-        resume = claim_out_dir(cfg, log)
+        resume = checkpoint.claim_out_dir(cfg, log)
         dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
         state = checkpoint.load_state(resume) if resume else None
         if state:
@@ -316,29 +315,6 @@ def check_writable(out_dir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
-
-
-def claim_out_dir(cfg, log) -> str | None:
-    """The checkpoint to continue (or None), once sure that out_dir holds no other run's outputs."""
-    resume = checkpoint.latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
-    if resume:
-        return resume
-    if cfg.resume == "auto":
-        log(f"no checkpoint in {cfg.out_dir}: starting fresh")
-    old = checkpoint.previous_run(cfg.out_dir)
-    if old and cfg.overwrite:
-        if dist.is_main():
-            checkpoint.remove_run(cfg.out_dir)
-        log(f"overwrite=true: removed the earlier run's {', '.join(old)} from {cfg.out_dir}")
-    elif old:
-        saved = os.path.join(cfg.out_dir, "config.yaml")
-        if cfg.resume == "auto" and os.path.exists(saved) and not checkpoint.config_changes(
-                yaml.safe_load(open(saved)), to_dict(cfg)):
-            return None  # the same run, stopped before its first checkpoint: it starts again from scratch
-        raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
-                         "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
-                         "overwrite=true")
-    return None
 
 
 def drop_long_prompts(cfg, pool: list, tokenizer, log) -> list:

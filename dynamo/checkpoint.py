@@ -14,6 +14,7 @@ system that all ranks see.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -25,6 +26,7 @@ import warnings
 
 import numpy as np
 import torch
+import yaml
 
 from dynamo import distributed as dist
 
@@ -174,6 +176,30 @@ def remove_run(out_dir: str) -> None:
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
+
+
+def claim_out_dir(cfg, log) -> str | None:
+    """The checkpoint to continue (or None), once sure that out_dir holds no other run's outputs."""
+    resume = latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
+    if resume:
+        return resume
+    if cfg.resume == "auto":
+        log(f"no checkpoint in {cfg.out_dir}: starting fresh")
+    old = previous_run(cfg.out_dir)
+    if old and cfg.overwrite:
+        if dist.is_main():
+            remove_run(cfg.out_dir)
+        log(f"overwrite=true: removed the earlier run's {', '.join(old)} from {cfg.out_dir}")
+    elif old:
+        saved = os.path.join(cfg.out_dir, "config.yaml")
+        if cfg.resume == "auto" and os.path.exists(saved):
+            with open(saved) as f:
+                if not config_changes(yaml.safe_load(f), dataclasses.asdict(cfg)):
+                    return None  # the same run, stopped before its first checkpoint: it starts again from scratch
+        raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
+                         "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
+                         "overwrite=true")
+    return None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

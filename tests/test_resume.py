@@ -228,3 +228,15 @@ def test_config_changes_skip_resumable_keys_and_keys_one_version_lacks():
     old = {"steps": 5, "eval_every": 2, "optim": {"lr": 1e-4, "beta1": 0.9}, "removed_key": 1}
     new = {"steps": 9, "eval_every": 4, "optim": {"lr": 2e-4, "beta1": 0.9}, "added_key": 3}
     assert checkpoint.config_changes(old, new) == ["optim.lr: 0.0001 -> 0.0002"]
+
+
+def test_resume_auto_restarts_the_same_run_stopped_before_its_first_checkpoint(tmp_path, capsys):
+    from dynamo.config import dump, load_config
+    out = tmp_path / "out"
+    args = merged(SMALL, ["steps=1", f"out_dir={out}", "resume=auto"])
+    out.mkdir()
+    (out / "config.yaml").write_text(dump(load_config(["--config", CONFIG, *args])))  # what that run left
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n')
+    assert "holds another run" in fail([*args, "optim.lr=2e-4"])  # another config: refused
+    train.main(["--config", CONFIG, *args])  # the same config: starts again from scratch
+    assert "starting fresh" in capsys.readouterr().out and sorted(step_rows(out)) == [1]
