@@ -5,7 +5,7 @@
         max_new_tokens=3072 dtype=bfloat16 batch_rollouts=1024
     torchrun --standalone --nproc_per_node 8 eval.py --config my_eval.yaml      # problems split by rank
 
-What the table reports (SPEC §7): P@1 is avg@k, the mean accuracy of k samples per problem; P@k is
+What the table reports (docs/ALGORITHM.md §7): P@1 is avg@k, the mean accuracy of k samples per problem; P@k is
 the unbiased pass@k (Chen et al. 2021) in one row and verl's bootstrap best@k, which the paper's P@32
 most likely is and which understates pass@k, in the other. Avg weighs every benchmark the same.
 Benchmark files: any JSONL in the usual formats of MATH-500, AIME, AMC, GSM8K, Minerva and
@@ -44,7 +44,7 @@ class EvalConfig:
     k: int = 32  # samples per problem: P@1 = avg@k, pass@j and best@j for j = 1, 2, 4, ..., k
     output: str = ""  # results directory; rerunning with the same one resumes; "" = runs/eval/<model>
     template: str = "auto"  # 'plain' | 'boxed' (base model) | 'chat' | 'auto': plain for arithmetic, else boxed
-    temperature: float = 1.0  # sampling temperature (the paper's evaluation: 1.0, SPEC §7)
+    temperature: float = 1.0  # sampling temperature (the paper's evaluation: 1.0, docs/ALGORITHM.md §7)
     top_p: float = 1.0  # nucleus sampling; 1.0 = the full distribution
     max_new_tokens: int = 48  # response length limit; longer responses are truncated and counted
     batch_rollouts: int = 512  # rollouts per generate call: batch_rollouts // k problems at a time
@@ -258,7 +258,7 @@ def summarise(cfg: EvalConfig, benchmarks: dict, found: dict) -> dict:
 
 
 def table(summary: dict) -> str:
-    """The paper's layout (SPEC §7): benchmarks as columns, 'P@1 / P@k' cells in percent, an Avg column."""
+    """The paper's layout (docs/ALGORITHM.md §7): benchmarks as columns, 'P@1 / P@k' cells in percent, an Avg column."""
     k, rows = summary["k"], summary["benchmarks"]
     model = "/".join(os.path.abspath(summary["model"]).split(os.sep)[-2:])
     names = list(rows)

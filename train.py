@@ -1,20 +1,19 @@
-"""RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (see SPEC/README).
+"""RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (docs/ALGORITHM.md).
 
     python train.py --config configs/default.yaml                     # the embedded default, CPU
     python train.py --config configs/default.yaml steps=10 optim.lr=1e-5
     torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml   # FSDP2 over 2 ranks
 
 Shapes used throughout: P prompts, N rollouts (N = sum of per-prompt counts), T response tokens,
-V vocabulary. One step: draw prompts -> allocate rollouts -> sample -> verify -> group advantages ->
-old log-probs -> per mini-batch: per micro-batch forward, loss, backward; optimiser step -> log.
+V vocabulary. One step (docs/ALGORITHM.md §9; the loop's comments use the same numbers):
+  1. allocate   2. sample   3. verify   4. advantages   5. old log-probs
+  6. modulate and 7. update, micro-batch by micro-batch, one optimiser step per mini-batch   8. log
 How this GRPO differs from the DeepSeekMath paper's: no KL term and no entropy bonus, PPO dual clip,
-token-mean loss over the mini-batch, rewards +-1 (SPEC §6, the official DynaMO run).
+token-mean loss over the mini-batch, rewards +-1 (docs/ALGORITHM.md §6, the official DynaMO run).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import sys
 import time
@@ -22,16 +21,17 @@ import time
 import torch
 
 from dynamo import checkpoint, distributed as dist
-from dynamo.allocator import PromptStats, allocation_telemetry, rollout_counts
+from dynamo.allocator import PromptStats, rollout_counts
 from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
-from dynamo.data import PromptOrder, load_problems, render
-from dynamo.evaluate import evaluate
+from dynamo.data import PromptOrder, drop_long_prompts, load_problems, render
+from dynamo.evaluate import evaluate, measure_pass_rates
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
 from dynamo.model import load_pretrained
-from dynamo.modulation import entropy_change_corr, factor_stats, modulate, step_normalisers
+from dynamo.modulator import entropy_change_corr, factor_stats, modulate, step_normalisers
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, derive_seed, sample
+from dynamo.step_metrics import StepGather, StepSums, console_line, open_log, summarise, train_row, write_row
 from dynamo.verifier import stats as verifier_stats
 from dynamo.warmup import WarmupError, warm_up
 
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- setup (every input checked first)
     try:
         if dist.is_main():
-            check_writable(cfg.out_dir)
+            checkpoint.check_writable(cfg.out_dir)
         resume = checkpoint.claim_out_dir(cfg, log)
         dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
         state = checkpoint.load_state(resume) if resume else None
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
         start, bad_steps, skipped = state["step"] + 1, state["bad_steps"], state["skipped"]
         first_eval, oracle = state["first_eval"], state["oracle"]
         log(f"resumed from {resume} at step {state['step']}")
-        if state["world_size"] != world:  # each rank allocates within its own prompts (SPEC §3, per rank)
+        if state["world_size"] != world:  # each rank allocates within its own prompts (§3)
             log(f"note: the checkpoint was written by {state['world_size']} ranks and this run has {world}: "
                 "it continues correctly, but not as the original run would have (allocation is per rank)")
     elif cfg.allocation == "oracle":
@@ -131,10 +131,8 @@ def main(argv: list[str]) -> None:
         levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
         log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
             f"| {time.time() - t0:.1f}s")
-        if metrics_file:
-            metrics_file.write(json.dumps({"step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
-                                           **{f"eval/{k}": v for k, v in res["levels"].items()}}) + "\n")
-            metrics_file.flush()
+        write_row(metrics_file, {"step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
+                                 **{f"eval/{k}": v for k, v in res["levels"].items()}})
         return res
 
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit
@@ -152,17 +150,17 @@ def main(argv: list[str]) -> None:
                  "oracle": oracle, "config": to_dict(cfg)}
         return checkpoint.save(cfg.out_dir, step, model, tokenizer, opt, state, keep=cfg.keep_checkpoints)
 
-    # ---------------------------------------------------------------- loop
+    # ---------------------------------------------------------------- loop (docs/ALGORITHM.md §9)
     for step in range(start, cfg.steps + 1):
         t0 = time.time()
-        # 0. draw this step's prompts; rank r takes every world-th one
+        # 1. allocate: draw this step's prompts (rank r takes every world-th one); share the same rollout
+        #    total on every rank among its own prompts, by priority (§2-§3)
         batch, new_epoch = order.next(cfg.prompts_per_step)
         if new_epoch or cfg.allocator.refresh == "step":
-            prompt_stats.refresh()  # priorities are a snapshot: official per epoch (SPEC §2)
+            prompt_stats.refresh()  # priorities are a snapshot: official per epoch
         mine = batch[rank::world]
         problems = [pool[i] for i in mine]
         ids = [p.prompt_id for p in problems]
-        # 1. allocate rollouts: the same total on every rank, shared by priority within it (SPEC §3)
         G, rho = prompt_stats.view(ids)
         a = cfg.allocator
         counts = rollout_counts(G, rho, p_local * cfg.rollouts_per_prompt, mode=cfg.allocation, weight=a.weight,
@@ -177,20 +175,20 @@ def main(argv: list[str]) -> None:
                         max_new_tokens=cfg.rollout.max_new_tokens)
         texts = decode_responses(tokenizer, ro)
         t_gen = time.time() - t0
-        # 3. verify each response against its own prompt's reference (joined by prompt_index, SPEC §8)
+        # 3. verify each response against its own prompt's reference (joined by prompt_index, §8), then
+        #    update the statistics: every rank gets every response's own (prompt id, correct) pair
         pidx = ro.prompt_index  # (N,)
         v0 = verifier_stats()
         correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
-        v_fail = [verifier_stats()[k] - v0[k] for k in ("parse_failures", "timeouts", "internal_errors")]
+        v1 = verifier_stats()
         rewards = correct.float() * 2 - 1  # (N,) +-1
-        # every rank gets every response's own (prompt id, correct) pair, so all hold the same table
-        pass_rates = [prompt_stats.pass_rate(i) for i in ids]  # the estimates the allocation saw
-        parts = dist.all_gather_objects(([ids[i] for i in pidx.tolist()], correct.tolist(), counts, pass_rates,
-                                         [p.level for p in problems], [rewards[pidx == j].tolist()
-                                                                       for j in range(p_local)]))
-        for part in parts:
-            prompt_stats.update(part[0], part[1])
-        # 4. group advantages over the rollouts of each prompt, any group size (SPEC §4)
+        gather = StepGather(counts=counts, pass_rates=[prompt_stats.pass_rate(i) for i in ids],
+                            levels=[p.level for p in problems],
+                            group_rewards=[rewards[pidx == j].tolist() for j in range(p_local)])
+        pairs = dist.all_gather_objects(([ids[i] for i in pidx.tolist()], correct.tolist(), gather))
+        for rollout_ids, rollout_correct, _ in pairs:
+            prompt_stats.update(rollout_ids, rollout_correct)
+        # 4. advantages: normalised within the rollouts of each prompt, any group size (§4)
         adv = group_advantages(rewards, pidx)  # (N,)
         # 5. old log-probs of the behaviour policy (no grad), in micro-batches
         t1 = time.time()
@@ -209,12 +207,13 @@ def main(argv: list[str]) -> None:
         adv_tok = adv.to(device)[:, None].expand_as(mask)  # (N, T) sequence advantage on every token
         t_logp = time.time() - t1
         norms = step_normalisers(cfg, old_logp, entropy, adv_tok, mask, old_u)  # {} at micro-batch scope
-        # 6. update: one optimiser step per mini-batch, gradient accumulated over micro-batches
+        # 6-7. per mini-batch one optimiser step; per micro-batch the current log-probs, the modulated
+        #      advantages (6) and the PPO loss's backward (7), gradients accumulated
         g = torch.Generator().manual_seed(derive_seed(rl_seed, "minibatch", step, rank))
         perm = torch.randperm(n, generator=g)
         mb_size = n // cfg.mini_batches
-        stats = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
-        factors: dict[str, list] = {"comp": [], "stab": []}
+        sums = StepSums(rollouts=n, groups=p_local, t_generate=t_gen, t_logprobs=t_logp)
+        grad_norm, clip_frac, approx_kl, factors = 0.0, 0.0, 0.0, {"comp": [], "stab": []}
         for k in range(cfg.mini_batches):
             rows = perm[k * mb_size:(k + 1) * mb_size]
             weights = token_weights(mask[rows], pidx[rows], cfg.loss.aggregation, dist.all_reduce_sum)  # (n_mb, T)
@@ -224,15 +223,16 @@ def main(argv: list[str]) -> None:
                 cur = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
                                            temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
                                            with_expected_u=need_u)
-                # 5. modulate (DynaMO token level): A <- A * beta_comp * beta_stab, both detached
+                # 6. modulate (§5): A <- A * beta_comp * beta_stab, both detached
                 a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], norms, factors)  # (n_micro, T)
+                # 7. update (§6): PPO dual-clip loss, its denominator in `weights`
                 loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[s:s + len(r)],
                                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
                                     dual_clip=cfg.loss.dual_clip)
                 loss.backward()
-                stats["loss"] += loss.item() / cfg.mini_batches  # this rank's part; summed over ranks below
-                for key in ("clip_frac", "dual_clip_frac", "approx_kl"):
-                    stats[key] += st[key] * len(r) / n
+                sums.loss += loss.item() / cfg.mini_batches  # this rank's part; summed over ranks below
+                clip_frac += st["clip_frac"] * len(r) / n
+                approx_kl += st["approx_kl"] * len(r) / n
             dist.sum_gradients(model)  # replicas only: FSDP2 reduced (summed) the shards in backward
             norm = dist.grad_norm(model, cfg.optim.grad_clip)  # global over all ranks
             if torch.isfinite(norm):
@@ -243,44 +243,30 @@ def main(argv: list[str]) -> None:
                 skipped, bad_steps = skipped + 1, bad_steps + 1
                 if bad_steps >= cfg.optim.max_bad_steps:
                     sys.exit(f"stopping: {bad_steps} consecutive optimiser steps had a non-finite gradient norm")
-            stats["grad_norm"] += norm.item() / cfg.mini_batches
+            grad_norm += norm.item() / cfg.mini_batches
         sched.step()
-        t_upd = time.time() - t1 - t_logp
-        # 7. log / eval / checkpoint: per-rank sums reduced once per step
+        sums.t_update = time.time() - t1 - t_logp
+        # 8. log (one reduction over ranks), evaluate, checkpoint
         zero_adv = torch.zeros(p_local).index_add_(0, pidx, adv.abs()) == 0  # (P,) groups with no signal
-        sums = torch.tensor([n, correct.sum().item(), zero_adv.sum().item(), p_local,
-                             (entropy * mask).sum().item(), mask.sum().item(), ro.truncated.sum().item(),
-                             stats["clip_frac"] * n, stats["approx_kl"] * n, t_gen, t_upd, *v_fail, stats["loss"],
-                             t_logp], dtype=torch.float64)
-        sums = dist.all_reduce_sum(sums)
-        total, n_tok = sums[0].item(), sums[5].item()
-        row = {"step": step, "reward": (2 * sums[1].item() - total) / total, "accuracy": sums[1].item() / total,
-               "zero_adv_groups": sums[2].item() / sums[3].item(), "entropy": sums[4].item() / n_tok,
-               "response_length": n_tok / total, "truncated": sums[6].item() / total,
-               "grad_norm": stats["grad_norm"], "clip_frac": sums[7].item() / total, "approx_kl": sums[8].item() / total,
-               "loss": sums[14].item(), "skipped_steps": skipped, "lr": sched.get_last_lr()[0],
-               "time/generate": sums[9].item() / world, "time/logprobs": sums[15].item() / world,
-               "time/update": sums[10].item() / world,
-               "verifier/parse_failure_frac": sums[11].item() / total, "verifier/timeouts": sums[12].item(),
-               "verifier/internal_errors": sums[13].item(), "time/step": time.time() - t0}
-        log(f"step {step:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} zero-adv {row['zero_adv_groups']:.2f} "
-            f"| ent {row['entropy']:.3f} len {row['response_length']:.1f} trunc {row['truncated']:.2f} "
-            f"| gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} | gen {row['time/generate']:.2f}s "
-            f"logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
-        row.update(allocation_telemetry(*(sum((part[i] for part in parts), []) for i in (2, 3, 4, 5))))
+        sums.correct, sums.zero_adv_groups = correct.sum().item(), zero_adv.sum().item()
+        sums.entropy, sums.tokens = (entropy * mask).sum().item(), mask.sum().item()
+        sums.truncated, sums.clip, sums.approx_kl = ro.truncated.sum().item(), clip_frac * n, approx_kl * n
+        sums.parse_failures, sums.timeouts, sums.internal_errors = (
+            v1[key] - v0[key] for key in ("parse_failures", "timeouts", "internal_errors"))
+        row = train_row(step, sums.reduced(), world=world, grad_norm=grad_norm, skipped=skipped,
+                        lr=sched.get_last_lr()[0], t_step=time.time() - t0)
+        log(console_line(row))
+        row.update(StepGather.telemetry([part for _, _, part in pairs]))
         row.update(factor_stats(factors))
         if mod.diagnose_every and step % mod.diagnose_every == 0:
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, micro, old_logp, entropy,
                                                                         adv_tok, mask, old_u)
-        if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+        write_row(metrics_file, row)
         if samples_file and cfg.sample_every and step % cfg.sample_every == 0:
             for i in range(min(4, n)):
-                samples_file.write(json.dumps({"step": step, "prompt": problems[pidx[i]].prompt, "response": texts[i],
-                                               "reference": problems[pidx[i]].answer, "reward": rewards[i].item(),
-                                               "advantage": adv[i].item()}) + "\n")
-            samples_file.flush()
+                write_row(samples_file, {"step": step, "prompt": problems[pidx[i]].prompt, "response": texts[i],
+                                         "reference": problems[pidx[i]].answer, "reward": rewards[i].item(),
+                                         "advantage": adv[i].item()})
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
         stop = stop_request.agreed()  # every rank stops after the same step
@@ -304,68 +290,6 @@ def main(argv: list[str]) -> None:
     stop_request.restore()
     dist.shutdown()
 
-
-def check_writable(out_dir: str) -> None:
-    """Fail now, not after an hour of generation, if the run cannot write its outputs."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
-
-
-def drop_long_prompts(cfg, pool: list, tokenizer, log) -> list:
-    """Prompts longer than rollout.max_prompt_tokens are skipped and counted, or stop the run."""
-    limit = cfg.rollout.max_prompt_tokens
-    lengths = [len(tokenizer(render(p.prompt, cfg.template, tokenizer))["input_ids"]) for p in pool]
-    long = [p.prompt_id for p, n in zip(pool, lengths) if n > limit]
-    if long and cfg.rollout.too_long == "stop":
-        raise ValueError(f"{len(long)} prompts exceed rollout.max_prompt_tokens = {limit} (first: {long[0]!r}); "
-                         "raise the limit or set rollout.too_long=skip")
-    if long:
-        log(f"[data] skipped {len(long)} of {len(pool)} prompts longer than {limit} tokens")
-    kept = [p for p, n in zip(pool, lengths) if n <= limit]
-    if not kept:
-        raise ValueError(f"no training prompt fits rollout.max_prompt_tokens = {limit}")
-    return kept
-
-
-def open_log(out_dir: str, name: str, start: int):
-    """Append to a JSONL log; on resume, first drop the rows of steps the checkpoint does not cover."""
-    path = os.path.join(out_dir, name)
-    if start > 1 and os.path.exists(path):
-        with open(path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] < start]
-        with open(path, "w") as f:
-            f.writelines(rows)
-    elif start == 1 and os.path.exists(path):
-        os.remove(path)  # a fresh run owns its directory's logs
-    return open(path, "a")
-
-
-def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:
-    """True pass rates of the training pool for `allocation: oracle`, from many samples at the start
-    (the policy then moves, so the oracle is exact only early on; it exists for measurement)."""
-    res = evaluate(model, tokenizer, pool, prompts, samples=cfg.allocator.oracle_samples,
-                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                   max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "oracle"))
-    return res["per_problem"]
-
-
-def summarise(first: dict, last: dict, out_dir: str, identity: dict) -> None:
-    """Start vs end held-out accuracy with the standard error of the paired difference, and the run's identity."""
-    diff = [b - a for a, b in zip(first["per_problem"], last["per_problem"])]
-    d = sum(diff) / len(diff)
-    se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff))
-    summary = {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
-               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"], **identity}
-    print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
-          f"(gain {d:+.4f} +- {se:.4f} SE, paired over {len(diff)} problems)", flush=True)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
 
 
 if __name__ == "__main__":

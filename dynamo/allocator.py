@@ -1,4 +1,6 @@
-"""Sequence-level DynaMO: how many rollouts each prompt gets (SPEC §1-§3), and the per-prompt counts it needs.
+"""Sequence-level DynaMO: how many rollouts each prompt gets, and the per-prompt counts it needs.
+
+The theory is docs/ALGORITHM.md §1, the statistics §2, the allocation rule §3; step 1 of train.py.
 
 Pure Python/numpy, no torch. The training loop uses four names:
 
@@ -31,7 +33,7 @@ _POSITIVE = 1e-8  # official threshold: a priority at or below this gets no shar
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. priority of one prompt (SPEC §2)
+# 1. priority of one prompt (§2)
 
 
 def priority(G: int, k: int, *, min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
@@ -39,8 +41,8 @@ def priority(G: int, k: int, *, min_samples: int = 4, mastered: float = 0.85, fl
     """Official `update_rank` priority of a prompt with G rollouts so far, k of them correct.
 
     tie_break: the official code adds (1 - k/G) * 1e-6 to the variance (rl_dataset.py:195) so that, at equal
-    variance, the less-solved prompt ranks first. SPEC §2 omits it; the official value is the default and 0
-    gives SPEC §2's formula exactly. It can move one rollout between two prompts with equal variance.
+    variance, the less-solved prompt ranks first (Eq. 7). The official value is the default; 0
+    gives the plain variance (Eq. 4). It can move one rollout between two prompts with equal variance.
     """
     if min_samples < 2:
         raise ValueError(f"min_samples={min_samples}: must be >= 2 (the unbiased variance divides by G-1)")
@@ -51,12 +53,12 @@ def priority(G: int, k: int, *, min_samples: int = 4, mastered: float = 0.85, fl
     p = k / G
     if p >= mastered:
         return floor  # mastered: lowest priority (rl_dataset.py:189-190)
-    variance = k * (G - k) / (G * (G - 1))  # unbiased Bernoulli variance, SPEC §1: P_i = k(G-k)/(G(G-1))
+    variance = k * (G - k) / (G * (G - 1))  # unbiased Bernoulli variance, Eq. 4
     return max(variance + tie_break * (1.0 - p), floor)  # never-solved prompts land on the floor too
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 2. official allocation rule (SPEC §3)
+# 2. official allocation rule (§3)
 
 
 def _check_box(P: int, budget: int, n_min: int, n_max: int) -> None:
@@ -115,7 +117,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
     if not np.isfinite(w).all():
         raise ValueError("priorities must be finite")
 
-    # 1. exploration: prompts seen fewer than b0 times first get the difference (SPEC §3.1).
+    # 1. exploration: prompts seen fewer than b0 times first get the difference (§3, stage 1).
     #    b0 = max(n_min, exploration_budget) as in the code (dynamo_ray_trainer.py:161); with n_min 8 and the
     #    official argument 4 this is 8, and step 2 lifts everyone to n_min anyway, so step 1 is then a no-op.
     b0 = max(n_min, exploration_budget)
@@ -126,7 +128,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
         c = np.maximum(np.floor(explore * (budget / explore.sum())).astype(np.int64), n_min)
         _trim_largest(c, int(c.sum()) - budget, n_min)
 
-    # 2. floor: raise every prompt to n_min (SPEC §3.2).
+    # 2. floor: raise every prompt to n_min (§3, stage 2).
     shortfall = np.maximum(n_min - c, 0)  # (P,)
     if shortfall.sum() <= budget - c.sum():
         c += shortfall
@@ -135,7 +137,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
         c = np.maximum(c, n_min)
         _trim_largest(c, int(c.sum()) - budget, n_min)
 
-    # 3. water-filling by priority (SPEC §3.3): share what is left in proportion to rho among prompts below
+    # 3. water-filling by priority (§3, stage 3): share what is left in proportion to rho among prompts below
     #    n_max with rho > 1e-8, integerised by largest remainder, capped at n_max; leftover goes round again.
     #    Effective form once all prompts are seen: c_i ~ min(n_max, n_min + lambda * rho_i).
     left = budget - int(c.sum())
@@ -146,7 +148,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
             break
         share = left * (w[open_] / w[open_].sum())  # (E,) same float operations as the official code
         add = np.floor(share).astype(np.int64)
-        # Stable sort: equal fractional parts go to the lower index (SPEC §3). The official np.argsort(-frac)
+        # Stable sort: equal fractional parts go to the lower index (§3). The official np.argsort(-frac)
         # uses numpy's default, unstable sort, whose tie order depends on the numpy build and CPU (with
         # numpy 2.4 on an AVX-512 machine it differs from index order even for a handful of tied prompts).
         order = np.argsort(-(share - add), kind="stable")
@@ -163,7 +165,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 3. exact box-constrained Neyman optimum (SPEC §1, the paper's reading)
+# 3. exact box-constrained Neyman optimum (§1.1 Eq. 3, the paper's reading)
 
 
 def _largest_remainder(x: np.ndarray, budget: int, n_min: int, n_max: int) -> np.ndarray:
@@ -193,7 +195,7 @@ def _largest_remainder(x: np.ndarray, budget: int, n_min: int, n_max: int) -> np
 
 
 def water_level_continuous(weights: Sequence[float], budget: int, n_min: int, n_max: int) -> list[float]:
-    """Continuous minimiser of sum_i w_i^2 / n_i s.t. sum_i n_i = budget, n_min <= n_i <= n_max (SPEC §1).
+    """Continuous minimiser of sum_i w_i^2 / n_i s.t. sum_i n_i = budget, n_min <= n_i <= n_max (Eq. 3).
 
     KKT gives n_i = clip(w_i * s, n_min, n_max) with one level s = 1/sqrt(nu), found here by bisection
     (the sum is monotone in s). Zero weights sit at n_min; if the positive weights all saturate at n_max the
@@ -328,7 +330,7 @@ def rollout_counts(G: Sequence[int], rho: Sequence[float], budget: int, *, mode:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 5. per-prompt statistics: the only persistent allocator state (SPEC §2)
+# 5. per-prompt statistics: the only persistent allocator state (§2)
 
 
 def _key(prompt_id) -> int | str:
@@ -366,7 +368,7 @@ class PromptStats:
     def update(self, prompt_ids: Sequence, correct: Sequence[bool]) -> None:
         """Add one rollout per entry: response j belongs to prompt_ids[j] and was correct iff correct[j].
 
-        Pass each response's own pair (SPEC §8 bug 2: never a reordered id list next to an unreordered
+        Pass each response's own pair (§8 bug 2: never a reordered id list next to an unreordered
         correctness list). "correct" is the verifier's boolean, not the shaped reward.
         """
         if len(prompt_ids) != len(correct):
@@ -460,7 +462,7 @@ def allocation_telemetry(counts: Sequence[int], pass_rate_estimates: Sequence[fl
         out["alloc/budget_by_level"] = dict(sorted(budget_by_level.items()))
 
     if rewards_by_group is not None:
-        # a group whose rewards are all equal has zero GRPO advantage (SPEC §4): its rollouts teach nothing
+        # a group whose rewards are all equal has zero GRPO advantage (§4): its rollouts teach nothing
         flat = [len(set(g)) <= 1 for g in rewards_by_group]
         n_roll = sum(len(g) for g in rewards_by_group)
         informative = sum(len(g) for g, z in zip(rewards_by_group, flat) if not z)

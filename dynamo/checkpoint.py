@@ -1,4 +1,4 @@
-"""Checkpoints: the policy in Hugging Face format plus the training state, written atomically.
+"""Checkpoints (step 8 of train.py): the policy in Hugging Face format plus the training state, written atomically.
 
 `out_dir/checkpoints/step-000080/` holds model.safetensors, config.json and the tokenizer (loadable
 with AutoModelForCausalLM.from_pretrained; under FSDP2 the full weights are gathered to rank 0's CPU
@@ -176,6 +176,18 @@ def remove_run(out_dir: str) -> None:
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail now, not after an hour of generation, if the run cannot write its outputs."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
 
 
 def claim_out_dir(cfg, log) -> str | None:

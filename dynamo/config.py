@@ -33,8 +33,8 @@ class RolloutConfig:
 
 @dataclass
 class AllocatorConfig:
-    n_min: int = 4  # fewest rollouts any prompt gets (SPEC §3 n_low)
-    n_max: int = 16  # most rollouts any prompt gets (SPEC §3 n_high)
+    n_min: int = 4  # fewest rollouts any prompt gets (docs/ALGORITHM.md §3 n_low)
+    n_max: int = 16  # most rollouts any prompt gets (docs/ALGORITHM.md §3 n_high)
     exploration_budget: int = 4  # rollouts an unseen prompt gets before it has a priority (b0)
     weight: str = "variance"  # 'variance' k(G-k)/(G(G-1)) (official) | 'std' (sqrt: literal Neyman)
     rule: str = "official"  # 'official' floor + proportional share | 'water_level' exact clip rule
@@ -45,14 +45,14 @@ class AllocatorConfig:
 @dataclass
 class LossConfig:
     eps_low: float = 0.2  # PPO clip below: ratio >= 1 - eps_low
-    eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (SPEC §6)
-    dual_clip: float = 10.0  # dual-clip constant c for negative advantages (SPEC §6)
+    eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (docs/ALGORITHM.md §6)
+    dual_clip: float = 10.0  # dual-clip constant c for negative advantages (docs/ALGORITHM.md §6)
     aggregation: str = "token_mean"  # 'token_mean' (official) | 'prompt_mean' (each prompt weighs the same)
 
 
 @dataclass
 class ModulationConfig:
-    compensation: bool = False  # beta_comp: boost confident tokens of correct answers (SPEC §5)
+    compensation: bool = False  # beta_comp: boost confident tokens of correct answers (docs/ALGORITHM.md §5)
     stabilization: bool = False  # beta_stab: damp tokens with the largest predicted entropy change
     alpha: float = 0.2  # compensation strength (official mu_max = 1 + alpha)
     lambda_min: float = 0.6  # floor of beta_stab
@@ -69,7 +69,7 @@ class OptimConfig:
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.999  # AdamW second-moment decay
-    warmup_steps: int = 10  # linear learning-rate warm-up, then constant (SPEC §6)
+    warmup_steps: int = 10  # linear learning-rate warm-up, then constant (docs/ALGORITHM.md §6)
     grad_clip: float = 1.0  # global grad-norm clip; a non-finite norm skips the step
     max_bad_steps: int = 5  # stop after this many consecutive skipped (non-finite) steps
 
@@ -110,7 +110,7 @@ class Config:
     steps: int = 80  # RL steps
     prompts_per_step: int = 16  # P: prompts per step (all ranks together)
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
-    allocation: str = "dynamo"  # 'dynamo' (SPEC §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
+    allocation: str = "dynamo"  # 'dynamo' (docs/ALGORITHM.md §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)

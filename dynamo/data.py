@@ -117,3 +117,19 @@ class PromptOrder:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+
+def drop_long_prompts(cfg, pool: list, tokenizer, log) -> list:
+    """Prompts longer than rollout.max_prompt_tokens are skipped and counted, or stop the run."""
+    limit = cfg.rollout.max_prompt_tokens
+    lengths = [len(tokenizer(render(p.prompt, cfg.template, tokenizer))["input_ids"]) for p in pool]
+    long = [p.prompt_id for p, n in zip(pool, lengths) if n > limit]
+    if long and cfg.rollout.too_long == "stop":
+        raise ValueError(f"{len(long)} prompts exceed rollout.max_prompt_tokens = {limit} (first: {long[0]!r}); "
+                         "raise the limit or set rollout.too_long=skip")
+    if long:
+        log(f"[data] skipped {len(long)} of {len(pool)} prompts longer than {limit} tokens")
+    kept = [p for p, n in zip(pool, lengths) if n <= limit]
+    if not kept:
+        raise ValueError(f"no training prompt fits rollout.max_prompt_tokens = {limit}")
+    return kept

@@ -2,7 +2,8 @@
 
 `sample_and_score` draws k responses per problem with the rollout code, in batches of about
 `batch_rollouts` rollouts, and grades each one; `evaluate` is train.py's summary of it (accuracy per
-level, standard error). eval.py adds resume, benchmark files and the estimators of dynamo/metrics.py.
+level, standard error; step 8 of train.py). eval.py adds resume, benchmark files and the estimators of
+dynamo/metrics.py.
 """
 from __future__ import annotations
 
@@ -81,6 +82,15 @@ def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, te
         by_level[p.level].append(a)
     return {"accuracy": avg_at_k(verdicts), "se": standard_error(acc), "per_problem": acc,
             "levels": {k: mean(v) for k, v in sorted(by_level.items())}}
+
+
+def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:
+    """True pass rates of the training pool for `allocation: oracle`, from many samples at the start
+    (the policy then moves, so the oracle is exact only early on; it exists for measurement)."""
+    res = evaluate(model, tokenizer, pool, prompts, samples=cfg.allocator.oracle_samples,
+                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                   max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "oracle"))
+    return res["per_problem"]
 
 
 def mean(xs) -> float:

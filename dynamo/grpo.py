@@ -1,4 +1,6 @@
-"""GRPO with groups of any size (SPEC §4) and the PPO dual-clip token loss (SPEC §6).
+"""GRPO with groups of any size (docs/ALGORITHM.md §4) and the PPO dual-clip token loss (§6).
+
+Steps 4 (advantages) and 7 (update) of train.py.
 
 Shapes: N rollouts, T response tokens.
 """
@@ -8,7 +10,7 @@ import torch
 
 
 def group_advantages(rewards: torch.Tensor, prompt_index: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (r_i - mean_g) / (std_g + eps) over the rollouts of the same prompt (SPEC §4).
+    """A_i = (r_i - mean_g) / (std_g + eps) over the rollouts of the same prompt (Eq. 9).
 
     std is the unbiased (Bessel) std, as in the official code. Groups whose rewards are all equal
     (all correct, all wrong, or a single rollout) get A = 0: they carry no learning signal.
@@ -24,6 +26,18 @@ def group_advantages(rewards: torch.Tensor, prompt_index: torch.Tensor, eps: flo
     adv = (rewards - mean[inverse]) / (std[inverse] + eps)  # (N,)
     flat = (std[inverse] == 0) | (size[inverse] < 2)  # (N,) no variance in the group
     return torch.where(flat, torch.zeros_like(adv), adv)
+
+
+def per_token(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantages as (N, T): a per-sequence (N,) advantage is broadcast over the response tokens (§4)."""
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (N, 1)
+    return advantages.expand(mask.shape)  # (N, T)
+
+
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 inputs, float64 stays float64 (used by the float64 tests)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def token_weights(mask: torch.Tensor, prompt_index: torch.Tensor, aggregation: str,
@@ -52,7 +66,7 @@ def token_weights(mask: torch.Tensor, prompt_index: torch.Tensor, aggregation: s
 
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, *,
              eps_low: float, eps_high: float, dual_clip: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO dual-clip policy loss summed with `weights` (SPEC §6); returns (loss, stats).
+    """PPO dual-clip policy loss summed with `weights` (Eq. 15); returns (loss, stats).
 
     logp, old_logp, advantages, weights: (N, T). Advantages are per token (possibly modulated).
     weights are zero outside the response mask and carry the denominator (see token_weights).

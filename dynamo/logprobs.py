@@ -1,8 +1,8 @@
-"""Token log-probs and full-vocabulary entropy of the responses, chunked over tokens.
+"""Token log-probs and full-vocabulary entropy of the responses, chunked over tokens (steps 5 and 7 of train.py).
 
 The LM head is applied to at most `chunk` response positions at a time, and under autograd each chunk
 is checkpointed, so neither the forward nor the saved tensors ever hold an (N, T, V) float32 tensor:
-at Qwen's 151,936-token vocabulary that tensor alone is 10+ GiB for a modest batch (FIELD_NOTES).
+at Qwen's 151,936-token vocabulary that tensor alone is 10+ GiB for a modest batch.
 """
 from __future__ import annotations
 

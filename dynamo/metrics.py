@@ -2,7 +2,7 @@
 
 Pure functions of per-problem verdicts (one list of bools per problem, n samples each) or of (n, c)
 counts; everything random takes a seed. A benchmark's score is the unweighted mean over its problems;
-the paper's Avg column is the unweighted mean over benchmarks (SPEC §7: 29.0 is the mean of the six
+the paper's Avg column is the unweighted mean over benchmarks (docs/ALGORITHM.md §7: 29.0 is the mean of the six
 P@1 of 1.5B GRPO), so every benchmark weighs the same whatever its size.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def best_at_k(verdicts, k: int, *, resamples: int = 1000, seed: int = 0) -> np.n
     """verl's bootstrap best@k of each problem (`bootstrap_metric` with np.max in verl's metric_utils).
 
     Draw k of the n responses *with replacement*, take the best, average over `resamples` draws. The
-    paper's P@32 is most likely this (SPEC §7). Drawing with replacement repeats responses, so its
+    paper's P@32 is most likely this (§7). Drawing with replacement repeats responses, so its
     expectation 1 - (1 - c/n)^k is below the unbiased pass@k: it understates pass@k (one correct of
     32 gives 1 - (31/32)^32 = 0.64 at k = 32, where pass@32 is 1). Like verl, which reseeds before
     every prompt, the same index draws serve every problem. Returns a (P,) array.

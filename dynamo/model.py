@@ -27,7 +27,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
     tok.decoder = decoders.Fuse()  # without a decoder, decode() joins tokens with spaces
-    # Without a post-processor no BOS is added (FIELD_NOTES pitfall 2).
+    # Without a post-processor no BOS is added (the tokenizers library adds special tokens only through one).
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
                                       eos_token="<eos>", unk_token="<unk>")
@@ -36,7 +36,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(tokenizer, seed: int) -> Qwen2ForCausalLM:
-    """Qwen2 config from FIELD_NOTES: hidden 128, 4 layers, 4 heads, tied embeddings, 128 positions."""
+    """The embedded model's Qwen2 config: hidden 128, 4 layers, 4 heads, tied embeddings, 128 positions."""
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=512, max_position_embeddings=128,
                          tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
@@ -59,7 +59,7 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
 
 
 def prepare_tokenizer(tokenizer, model) -> None:
-    """Left padding for generation and a pad token distinct from EOS (FIELD_NOTES pitfall 5)."""
+    """Left padding for generation and a pad token distinct from EOS (pad == EOS would hide where a response ends)."""
     tokenizer.padding_side = "left"
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: responses could never end")

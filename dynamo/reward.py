@@ -1,4 +1,7 @@
-"""Reward: is each response's final answer equivalent to its own prompt's reference? (dynamo.verifier)"""
+"""Reward: is each response's final answer equivalent to its own prompt's reference? (dynamo.verifier)
+
+Step 3 of train.py (docs/ALGORITHM.md §4: rewards +1 / -1).
+"""
 from __future__ import annotations
 
 from dynamo.verifier import verify_batch

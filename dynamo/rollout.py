@@ -1,4 +1,4 @@
-"""Sampling responses with `model.generate` (KV cache) and the one function that builds masks.
+"""Sampling responses with `model.generate` (KV cache) and the one function that builds masks (step 2 of train.py).
 
 Every rollout row has its own seed, and its tokens are a function of that seed and the model alone:
 the same row comes out whatever else is in the batch, however the batch is split over ranks, and
@@ -50,7 +50,8 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Ten
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` computes them (FIELD_NOTES pitfall 4)."""
+    """Positions that skip left padding, as `generate` computes them: the training forward must see the
+    positions the sampling forward saw, or left-padded rows get other log-probs."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, L)
 
 

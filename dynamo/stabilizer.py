@@ -1,13 +1,15 @@
-"""Update-magnitude stabilisation beta_stab from the predicted entropy change (SPEC §1 Eq. 29, SPEC §5).
+"""Update-magnitude stabilisation beta_stab from the predicted entropy change (docs/ALGORITHM.md §1.4, §5.2).
+
+Applied to the advantages, together with beta_comp, in modulator.py:modulate (step 6 of train.py).
 
 Under the logit step dz = eta xi (e_a - pi) a token's entropy moves, to first order, by
-    dH = -eta xi [pi_a L_a - sum_v pi_v^2 L_v],   L_v = log pi_v + H            (paper Eq. 29)
+    dH = -eta xi [pi_a L_a - sum_v pi_v^2 L_v],   L_v = log pi_v + H            (Eq. 6; the paper's Eq. 29)
 with xi = I r A the token's effective policy-gradient weight (I = 1 where PPO-clip lets the gradient
 through). Xi = |dH| flags the tokens whose update would move entropy most; beta_stab damps them.
 
 Modes for the second term E_u = sum_v pi_v^2 L_v (u_t = pi_t L_t is the sampled token's first term):
-  head   official HEAD as SPEC §5 reads it: E_u replaced by the mean of u over the sequence's valid
-         tokens (default). (Only the v0 version of dp_actor.py could be read for this module.)
+  head   the official code (DynaMO-RL commit 63e5ec9, dp_actor.py `_compute_entropy_estimation`): E_u
+         replaced by the mean of u over the sequence's valid tokens (default).
   exact  E_u itself, from the full logits (`expected_u_from_logits`, one extra reduction over V).
   v0     the first release (DynaMO-RL commit 496c27f, dp_actor.py `_compute_entropy_estimation`):
          one value per sequence, |sum_t pi_t^2 L_t xi_t|, broadcast to its tokens. It is no
@@ -21,9 +23,9 @@ Shapes: N sequences in the micro-batch, T response tokens, V vocabulary.
 import torch
 from torch import Tensor
 
-from dynamo.modulator import per_token, work_dtype
+from dynamo.grpo import per_token, work_dtype
 
-# Log-ratio clamp, as in the loss (SPEC §6): keeps r finite so x never becomes inf / inf.
+# Log-ratio clamp, as in the loss (§6): keeps r finite so x never becomes inf / inf.
 # The official estimate does not clamp; this only matters when |logp - old_logp| > 20.
 LOG_RATIO_CLAMP = 20.0
 
@@ -33,13 +35,13 @@ def expected_u_from_logits(logits: Tensor) -> Tensor:
     logp = torch.log_softmax(logits.detach().to(work_dtype(logits)), dim=-1)  # (..., V)
     p = logp.exp()  # (..., V)
     h = -(p * logp).sum(-1, keepdim=True)  # (..., 1)  entropy H
-    return (p * p * (logp + h)).sum(-1)  # (...)  SPEC §1 Eq. 29, second term
+    return (p * p * (logp + h)).sum(-1)  # (...)  Eq. 6, second term
 
 
 def effective_weight(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, eps_low: float, eps_high: float
 ) -> Tensor:
-    """xi = I r A (N, T): I = [A > 0, r <= 1 + eps_high] + [A < 0, r >= 1 - eps_low] (SPEC §5)."""
+    """xi = I r A (N, T): I = [A > 0, r <= 1 + eps_high] + [A < 0, r >= 1 - eps_low] (Eq. 11)."""
     dtype = work_dtype(logp)
     valid = mask.detach().bool()  # (N, T)
     adv = per_token(advantages.detach(), valid).to(dtype)  # (N, T)
@@ -63,7 +65,7 @@ def predicted_entropy_change(
 ) -> Tensor:
     """Signed first-order entropy change per token (N, T), in units of eta; 0 at padding.
 
-    head / exact: -xi (u - E_u) (SPEC §1 Eq. 29); v0: the per-sequence -sum_t pi_t^2 L_t xi_t.
+    head / exact: -xi (u - E_u) (Eq. 6); v0: the per-sequence -sum_t pi_t^2 L_t xi_t.
     This is what the diagnostic correlates with the measured entropy change.
     """
     dtype = work_dtype(logp)
@@ -76,7 +78,7 @@ def predicted_entropy_change(
     xi = effective_weight(logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high)  # (N, T)
     pi = lp.exp()  # (N, T)  probability of the sampled token
     lam = lp + h  # (N, T)  L_t = log pi_t + H_t
-    u = pi * lam  # (N, T)  first term of Eq. 29, sampled token
+    u = pi * lam  # (N, T)  first term of Eq. 6, sampled token
     if mode == "head":
         count = fmask.sum(-1, keepdim=True).clamp(min=1.0)  # (N, 1)
         baseline = (u * fmask).sum(-1, keepdim=True) / count  # (N, 1)  u-bar: mean over valid tokens
@@ -89,7 +91,7 @@ def predicted_entropy_change(
         return seq * fmask  # (N, T)
     else:
         raise ValueError(f"unknown entropy-change mode {mode!r}: head | exact | v0")
-    return torch.where(valid, -xi * (u - baseline), torch.zeros_like(u))  # (N, T)  Eq. 29 / eta
+    return torch.where(valid, -xi * (u - baseline), torch.zeros_like(u))  # (N, T)  Eq. 6 / eta
 
 
 def entropy_change(
@@ -104,7 +106,7 @@ def entropy_change(
     mode: str = "head",
     expected_u: Tensor | None = None,
 ) -> Tensor:
-    """Xi = |dH| (N, T) >= 0, detached, 0 at padding (SPEC §5 "entropy-change estimate").
+    """Xi = |dH| (N, T) >= 0, detached, 0 at padding (Eq. 12).
 
     `advantages` is (N, T) or (N,); eps_low / eps_high are the PPO clip range actually used by the
     loss (0.2 / 0.28 in the official run). Since Xi >= 0 and 0 at padding, `Xi.max()` is already the
@@ -127,7 +129,7 @@ def stabilization(
     xi_max: float | Tensor | None = None,
     eps: float = 1e-8,
 ) -> Tensor:
-    """beta_stab (N, T) in [lambda_min, 1], detached; exactly 1 at padding (SPEC §5).
+    """beta_stab (N, T) in [lambda_min, 1], detached; exactly 1 at padding (Eq. 13).
 
     x = Xi / (xi_max + eps), beta = lambda_min + (1 - lambda_min) / (1 + exp(gamma (x - tau))).
     xi_max None: max over this micro-batch's valid tokens (official); pass the step's max for
@@ -143,5 +145,5 @@ def stabilization(
     xi_max = torch.as_tensor(xi_max, dtype=dtype, device=x_raw.device)  # ()
     x = x_raw / (xi_max + eps)  # (N, T)  linear normalisation ("linearnorm")
     # sigmoid(-z) == 1 / (1 + exp(z)) without overflow for large x.
-    beta = lambda_min + (1.0 - lambda_min) * torch.sigmoid(-gamma * (x - tau))  # (N, T)  SPEC §5 beta_stab
+    beta = lambda_min + (1.0 - lambda_min) * torch.sigmoid(-gamma * (x - tau))  # (N, T)  Eq. 13
     return torch.where(valid, beta, torch.ones_like(beta))  # (N, T)

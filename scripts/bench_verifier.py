@@ -1,6 +1,6 @@
 """Verifier benchmark: time per (response, reference) pair and batch throughput, start-up excluded.
 
-    python scripts/bench_verifier.py                      # reads ../shared/benchmarks/*/test.jsonl
+    python scripts/bench_verifier.py --data DIR           # reads DIR/<benchmark>/test.jsonl
     python scripts/bench_verifier.py --data DIR --workers 2
 
 Typical responses are built from each benchmark's gold answers: a worked-looking response ending in
@@ -46,7 +46,7 @@ def percentile(xs: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/benchmarks", help="folder of <benchmark>/test.jsonl")
+    parser.add_argument("--data", required=True, help="folder of <benchmark>/test.jsonl (your copy of the benchmarks)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the batch run")
     args = parser.parse_args()
 

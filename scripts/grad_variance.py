@@ -1,4 +1,5 @@
-"""Gradient variance of the policy-gradient estimate under each rollout allocation, at equal budget (SPEC §1).
+"""Gradient variance of the policy-gradient estimate under each rollout allocation, at equal budget
+(docs/ALGORITHM.md §1.1).
 
     python scripts/grad_variance.py                       # tiny model after warm-up, 32 prompts x 8, R = 40
     python scripts/grad_variance.py --model runs/default/final --resamples 60
@@ -17,16 +18,16 @@ levels interleaved, so pass rates range from 0 to 1):
      for large models: E|Pi x|^2 = |x|^2), its ratio to uniform with a bootstrap CI over the R resamples
      (percentile, resampling each allocation's R estimates independently: the allocations' draws are
      independent), and three predictions of the same ratio, each allocation against uniform:
-       SPEC      sum_i sigma_i^2 / n_i (Bernoulli proxy, known baseline);
+       theory    sum_i sigma_i^2 / n_i (Bernoulli proxy, known baseline);
        finite-n  the estimator's own per-prompt variance at n_i rollouts (`finite_n`: the group's mean as
                  baseline gives (n-1)/n^2, and GRPO's std normalisation replaces p(1-p) by P(group not flat));
        plug-in   each prompt's variance measured under uniform, moved to n_i by the finite-n model;
-     CIs of the first two come from re-drawing the oracle counts (binomial bootstrap). Also SPEC's
+     CIs of the first two come from re-drawing the oracle counts (binomial bootstrap). Also the theory's
      N sum sigma^2 / (sum sigma)^2 (unconstrained Neyman optimum against uniform) and the same against
      the box-constrained optimum, and per prompt the correlation of measured tr Cov(g_i) with p(1-p).
 
 Two estimators from the same rollouts (the advantage is the only difference):
-  mean: A = r - mean_group (REINFORCE with the group-mean baseline). This is the estimator SPEC §1
+  mean: A = r - mean_group (REINFORCE with the group-mean baseline). This is the estimator §1
         analyses: its per-rollout variance scales with the reward variance sigma_i^2, so the proxy and
         the Neyman optimum apply to it. It is the primary one.
   grpo: A = (r - mean_group) / (std_group + eps), what train.py uses. The std normalisation gives every
@@ -79,7 +80,7 @@ def allocations(names, G, rho, p_true, budget: int, a) -> dict[str, list[int]]:
 
 
 def predicted(var: np.ndarray, counts) -> float:
-    """Sum_i var_i / n_i: the variance of a mean of per-prompt means (SPEC §1), up to a constant."""
+    """Sum_i var_i / n_i: the variance of a mean of per-prompt means (§1), up to a constant."""
     return np.float64(np.sum(var / np.asarray(counts, dtype=np.float64)))  # numpy: x / 0 gives nan, not an error
 
 
@@ -88,7 +89,7 @@ def finite_n(estimator: str, p: np.ndarray, n: np.ndarray) -> np.ndarray:
     (g_i = (1/n) sum_j A_j s_j with |s_j|^2 of the same mean for every rollout: Var = E[sum_j A_j^2] E|s|^2 / n^2).
 
     mean: A = r - mean_group, so E sum_j A_j^2 = (n - 1) Var(r) = 4 (n - 1) p (1 - p) (+-1 rewards): the
-          group's own mean as baseline costs one rollout, (n - 1) / n^2 instead of SPEC's 1 / n.
+          group's own mean as baseline costs one rollout, (n - 1) / n^2 instead of the theory's 1 / n.
     grpo: the Bessel std normalisation makes sum_j A_j^2 = n - 1 whenever the group is not all-equal, so
           Var ~ (n - 1) / n^2 * P(not all equal) = (n - 1) / n^2 * (1 - p^n - (1 - p)^n), whatever p (1 - p) is.
     """
@@ -351,7 +352,7 @@ def main() -> None:
                     "finite_n_in_ci": bool(m_ci[0] <= fin_pred <= m_ci[1]) if math.isfinite(fin_pred) else None,
                     "per_prompt_trace": results[name][e]["per_prompt_trace"],
                     "zero_adv_group_frac": results[name]["zero_adv_group_frac"]}
-        # SPEC's bound with the measured per-prompt variances in place of p(1-p): what Neyman allocation by the
+        # the theory's bound with the measured per-prompt variances in place of p(1-p): what Neyman allocation by the
         # true gradient variance would give (V_uniform / V_opt = P sum v / (sum sqrt v)^2)
         v = np.clip(m_uni, 0, None)
         rows[e]["_spec_ratio_plugin"] = float(P * v.sum() / np.sqrt(v).sum() ** 2) if v.sum() > 0 else float("nan")
@@ -385,14 +386,14 @@ def table(rep: dict) -> str:
     f = lambda x: "nan" if x is None or not math.isfinite(x) else f"{x:.3f}"  # noqa: E731
     g = lambda c: f"[{f(c[0])}, {f(c[1])}]"  # noqa: E731
     spec = rep["spec_ratio_uniform_over_neyman"]
-    lines = [f"SPEC §1: V_uniform / V_Neyman = N Σσ² / (Σσ)² = {f(spec)} (V_Neyman / V_uniform = "
+    lines = [f"docs/ALGORITHM.md §1: V_uniform / V_Neyman = N Σσ² / (Σσ)² = {f(spec)} (V_Neyman / V_uniform = "
              f"{f(1 / spec if spec else float('nan'))}); with the box [{rep['n_min']}, {rep['n_max']}]: "
              f"V_uniform / V_box-optimum = {f(rep['spec_ratio_uniform_over_box_optimum'])}", ""]
     for e, rows in rep["estimators"].items():
-        name = {"mean": "REINFORCE with the group-mean baseline (SPEC §1's estimator)",
+        name = {"mean": "REINFORCE with the group-mean baseline (§1's estimator)",
                 "grpo": "GRPO advantage (std-normalised, as train.py)"}[e]
         lines += [f"**{name}**: tr Cov(g) relative to uniform, R = {rep['resamples']} resamples each", "",
-                  "| allocation | n min/max | tr Cov(g) | measured [95% CI] | Σσ²/n (SPEC) [95% CI] | "
+                  "| allocation | n min/max | tr Cov(g) | measured [95% CI] | Σσ²/n (theory) [95% CI] | "
                   "finite-n model [95% CI] | plug-in | zero-adv groups |", "|---|---|---|---|---|---|---|---|"]
         for a, r in rows.items():
             if a.startswith("_"):
@@ -403,7 +404,7 @@ def table(rep: dict) -> str:
                          f"{g(r['predicted_finite_n_ci95'])} | {f(r['predicted_ratio_plugin'])} | "
                          f"{r['zero_adv_group_frac']:.2f} |")
         c, m, mp = rows["_per_prompt_vs_proxy"], rows["_per_prompt_vs_model"], rows["_per_prompt_vs_model_pooled"]
-        lines += ["", f"SPEC's N Σv / (Σ√v)² with the measured per-prompt variances v_i (uniform) in place of "
+        lines += ["", f"The theory's N Σv / (Σ√v)² with the measured per-prompt variances v_i (uniform) in place of "
                       f"p(1 − p): {f(rows['_spec_ratio_plugin'])} (V_opt / V_uniform = "
                       f"{f(1 / rows['_spec_ratio_plugin'] if rows['_spec_ratio_plugin'] else float('nan'))})."]
         lines += ["", f"Per prompt (uniform), measured tr Cov(g_i) against p(1 − p): Pearson {f(c['pearson'])}, "
@@ -430,7 +431,7 @@ def plot(rep: dict, out: str) -> str | None:
         lo = [np.nan if v["measured_ci95"][0] is None else v["measured_ci95"][0] for v in rows.values()]
         hi = [np.nan if v["measured_ci95"][1] is None else v["measured_ci95"][1] for v in rows.values()]
         ax.errorbar(x - 0.1, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], fmt="o", capsize=3, label="measured")
-        ax.plot(x + 0.1, [v["predicted_ratio_bernoulli"] for v in rows.values()], "s", label="Σσ²/n (SPEC)")
+        ax.plot(x + 0.1, [v["predicted_ratio_bernoulli"] for v in rows.values()], "s", label="Σσ²/n (theory)")
         ax.plot(x + 0.2, [v["predicted_ratio_finite_n"] for v in rows.values()], "D", ms=4, label="finite-n model")
         ax.plot(x + 0.2, [v["predicted_ratio_plugin"] for v in rows.values()], "x", label="plug-in")
         ax.axhline(1.0, color="grey", lw=0.8)

@@ -44,3 +44,26 @@ def merged(*groups) -> list[str]:
         for item in group:
             out[item.split("=", 1)[0].lstrip("-")] = item
     return list(out.values())
+
+
+# Logged numbers recorded from runs the tests repeat (see the file's "about").
+LOGGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "logged_metrics.json")
+# Fields that come from float reductions: other CPU kernels may move their last bits. Everything else
+# (rewards, counts, lengths, allocation, verifier counters, the schedule) must match exactly.
+FLOAT_FIELDS = ("entropy", "grad_norm", "loss", "approx_kl", "modulation/")
+
+
+def assert_logged_as_recorded(out, name: str) -> None:
+    """The run in `out` wrote the recorded metrics.jsonl rows: the same rows, keys in the same order, the
+    same values (float reductions within 1e-5 relative; on the recording machine they are bitwise equal)."""
+    recorded = json.load(open(LOGGED))["runs"][name]
+    rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert len(rows) == len(recorded), (len(rows), len(recorded))
+    for got, want in zip(rows, recorded):
+        assert list(got) == list(want), (want["step"], list(got), list(want))
+        for key, value in want.items():
+            if key.startswith(FLOAT_FIELDS) and isinstance(value, float):
+                assert abs(got[key] - value) <= 1e-5 * max(1.0, abs(value)), (want["step"], key, got[key], value)
+            else:
+                assert got[key] == value, (want["step"], key, got[key], value)

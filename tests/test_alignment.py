@@ -1,4 +1,5 @@
-# python -m pytest -q tests/test_alignment.py  — every response stays attached to its own prompt (SPEC §8).
+# python -m pytest -q tests/test_alignment.py  — every response stays attached to its own prompt
+# (docs/ALGORITHM.md §8, bug 1).
 import random
 
 import torch

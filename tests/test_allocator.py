@@ -1,5 +1,5 @@
 # python -m pytest -q tests/test_allocator.py
-"""Rollout allocation (SPEC §1-§3) and per-prompt statistics: hand-computed cases, the SPEC reference table,
+"""Rollout allocation (docs/ALGORITHM.md §1-§3) and per-prompt statistics: hand-computed cases, the §3 table,
 properties over random inputs, and a brute-force check of the water level."""
 
 import itertools
@@ -16,10 +16,10 @@ from dynamo.allocator import (
 )
 
 FAST = settings(max_examples=150, deadline=None)
-PAPER = dict(n_min=8, n_max=24, exploration_budget=4)  # SPEC §3 reference setting
+PAPER = dict(n_min=8, n_max=24, exploration_budget=4)  # §3 reference setting
 
 # ----------------------------------------------------------------------------------------------------------
-# priority (SPEC §2)
+# priority (§2)
 
 
 def test_priority_rule():
@@ -27,7 +27,7 @@ def test_priority_rule():
     assert priority(0, 0) == -1.0
     assert priority(16, 14) == 0.01  # p = 0.875 >= 0.85: mastered
     assert priority(16, 0) == 0.01  # never solved: variance 0 (+1e-6 tie-break) -> floor
-    assert priority(16, 8, tie_break=0) == pytest.approx(8 * 8 / (16 * 15))  # SPEC §2 formula exactly
+    assert priority(16, 8, tie_break=0) == pytest.approx(8 * 8 / (16 * 15))  # §2 formula exactly
     assert priority(16, 8) == 8 * 8 / (16 * 15) + 0.5e-6  # official adds (1 - p) * 1e-6
     assert priority(16, 1, tie_break=0) == max(15 / 240, 0.01)
     # official tie-break: equal variance (k = 4 and k = 12 of 16), the less-solved prompt ranks first
@@ -43,7 +43,7 @@ def test_priority_errors():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# official rule: SPEC §3 reference table, row by row
+# official rule: §3 reference table, row by row
 
 TABLE = [
     ([16, 16, 16, 16], [0.01, 0.25, 0.2667, 0.0625], 64, [9, 22, 22, 11]),
@@ -137,7 +137,7 @@ def test_allocate_monotone_in_priority(prob):
 
 
 def _objective(w, n):
-    return sum(wi * wi / ni for wi, ni in zip(w, n))  # SPEC §1: Var ∝ sum_i sigma_i^2 / n_i
+    return sum(wi * wi / ni for wi, ni in zip(w, n))  # §1: Var ∝ sum_i sigma_i^2 / n_i
 
 
 def _brute_force(w, budget, lo, hi):
@@ -290,7 +290,7 @@ def test_prompt_stats_update_and_pass_rate():
 
 
 def test_prompt_stats_each_response_keeps_its_own_pair():
-    # SPEC §8 bug 2: variable group sizes; the pairs arrive interleaved, as after a rebalancing shuffle
+    # §8 bug 2: variable group sizes; the pairs arrive interleaved, as after a rebalancing shuffle
     ids = [1, 2, 1, 2, 2, 3, 1]
     ok = [True, False, True, False, True, False, False]
     s = PromptStats()

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynamo import distributed as dist
-from tests.helpers import SHIPPED_START, merged, require_gradients, step_rows, tiny
+from tests.helpers import SHIPPED_START, assert_logged_as_recorded, merged, require_gradients, step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # From the shipped warmed start on the two levels it half solves (add2, add3): mixed rewards, real gradients,
@@ -69,6 +69,12 @@ def test_two_ranks_match_one_process(one_process, two_ranks):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-5
     start = weights(SHIPPED_START)  # and the weights did move, by far more than that (Adam: about lr a step)
     assert max((wa[k] - start[k]).abs().max().item() for k in wa) > 2e-4
+
+
+def test_logged_numbers_are_the_recorded_ones(one_process, two_ranks):
+    """Step 8's bookkeeping (dynamo/step_metrics.py) logs what it logged before it moved out of train.py."""
+    assert_logged_as_recorded(one_process / "out", "split_free_one_process")
+    assert_logged_as_recorded(two_ranks, "split_free_two_ranks")
 
 
 def test_two_rank_sigterm_then_resume_is_exact(two_ranks, tmp_path):

@@ -33,7 +33,7 @@ def test_grad_variance_quick(tmp_path):
                 assert lo <= r["measured_ratio"] + 1e-9 and r["measured_ratio"] <= hi + 1e-9
         assert rows["uniform"]["trace"] > 0, "precondition broken: no gradient at all from the shipped start"
         assert math.isclose(rows["uniform"]["measured_ratio"], 1.0)
-    assert "measured [95% CI]" in res.stdout and "SPEC §1" in res.stdout
+    assert "measured [95% CI]" in res.stdout and "docs/ALGORITHM.md §1" in res.stdout
 
 
 def test_experiments_quick(tmp_path):

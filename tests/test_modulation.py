@@ -1,5 +1,6 @@
 # python -m pytest -q tests/test_modulation.py
-"""Token-level modulation (SPEC §5): beta_comp (dynamo/modulator.py) and Xi / beta_stab (dynamo/stabilizer.py)."""
+"""Token-level modulation (docs/ALGORITHM.md §5): beta_comp (dynamo/modulator.py), Xi and beta_stab
+(dynamo/stabilizer.py)."""
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from dynamo.stabilizer import (
     stabilization,
 )
 
-EPS = dict(eps_low=0.2, eps_high=0.28)  # the official run's clip range (SPEC §6)
+EPS = dict(eps_low=0.2, eps_high=0.28)  # the official run's clip range (§6)
 MODES = ["head", "exact", "v0"]
 
 
@@ -95,7 +96,7 @@ def test_stabilization_hand_example():
     # beta = 0.6 + 0.4 / (1 + exp(50 (x - 0.99))):
     #   x = 0    -> 0.6 + 0.4 / (1 + e^-49.5) = 1.0
     #   x = 0.5  -> 0.6 + 0.4 / (1 + e^-24.5) = 1.0 - 9e-12
-    #   x = 1    -> 0.6 + 0.4 / (1 + e^0.5) = 0.6 + 0.4 / 2.648721 = 0.751016 (SPEC: "x = 1 -> 0.751")
+    #   x = 1    -> 0.6 + 0.4 / (1 + e^0.5) = 0.6 + 0.4 / 2.648721 = 0.751016 (§5.2: "x = 1 gives 0.751")
     #   x = 0.99 -> 0.6 + 0.4 / 2 = 0.8;  padding -> 1
     expected = torch.tensor([[1.0, 1.0, 0.7510163], [0.8, 1.0, 1.0]])
     torch.testing.assert_close(stabilization(xi, mask), expected, atol=1e-6, rtol=0)
@@ -110,7 +111,7 @@ def test_stabilization_hand_example():
 
 
 def loop_reference(b, mode, alpha=0.2, lambda_min=0.6, gamma=50.0, tau=0.99):
-    """decay6_linearnorm (SPEC §5) written token by token in Python floats: A * beta_comp * beta_stab."""
+    """decay6_linearnorm (§5) written token by token in Python floats: A * beta_comp * beta_stab."""
     keys = ("logp", "old_logp", "entropy", "adv", "mask", "expected_u")
     logp, old, ent, adv, mask, eu = (b[k].tolist() for k in keys)
     n, t = len(logp), len(logp[0])
@@ -155,7 +156,7 @@ def test_matches_loop_reference(mode, seed):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_argmax_token_is_always_damped(mode):
-    # SPEC §5 note: the token with the largest Xi has x = 1/(1 + 1e-8/max) ~ 1 -> beta_stab 0.751.
+    # §5 note: the token with the largest Xi has x = 1/(1 + 1e-8/max) ~ 1 -> beta_stab 0.751.
     for seed in range(4):
         b = random_batch(seed)
         _, xi, stab = factors(b, mode=mode)
@@ -272,7 +273,7 @@ def entropy64(z):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_exact_mode_predicts_true_entropy_change(seed):
-    # One position, logits z (V,), sampled token a, step dz = eta xi (e_a - pi) (SPEC §1).
+    # One position, logits z (V,), sampled token a, step dz = eta xi (e_a - pi) (§1).
     # True dH = H(z + dz) - H(z) in float64; first order: -eta xi [pi_a L_a - sum_v pi_v^2 L_v].
     g = torch.Generator().manual_seed(seed)
     v = int(torch.randint(10, 51, (1,), generator=g))

@@ -3,7 +3,7 @@ import torch
 
 from dynamo.config import load_config
 from dynamo.grpo import ppo_loss, token_weights
-from dynamo.modulation import modulate, step_normalisers
+from dynamo.modulator import modulate, step_normalisers
 
 
 def inputs(seed=0):

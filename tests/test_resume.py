@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import train
 from dynamo import checkpoint
-from tests.helpers import SHIPPED_START, merged, require_gradients, step_rows, tiny
+from tests.helpers import SHIPPED_START, assert_logged_as_recorded, merged, require_gradients, step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "default.yaml")
@@ -44,6 +44,11 @@ def full_run(tmp_path_factory):
     train.main(["--config", CONFIG, *SMALL, "steps=6", f"out_dir={full}"])
     require_gradients(step_rows(full), [4, 5, 6], least=2)  # the steps after a resume point must update weights
     return full
+
+
+def test_logged_numbers_are_the_recorded_ones(full_run):
+    """The official settings (allocation, micro-batch modulation) log what they logged before the refactor."""
+    assert_logged_as_recorded(full_run, "official_six_steps")
 
 
 def test_resume_is_exact(full_run, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Final-answer extraction from model outputs, and gold answers from benchmark rows.
 
-Formats follow ../shared/benchmarks/SOURCES.md: AIME/MATH `answer` strings, AMC float answers,
+Formats are those of the usual benchmark files (README, "The verifier"): AIME/MATH `answer` strings, AMC float answers,
 GSM8K `#### <n>`, Minerva's last box in `solution`, OlympiadBench's `$`-wrapped `final_answer` list.
 """
 import re

@@ -1,0 +1,113 @@
+"""Step 8 of train.py, "log": one step's metrics by name, reduced over ranks once, written and printed.
+
+Every rank adds its own share to a `StepSums` (named fields, all additive); `reduced()` sums all of them
+over the ranks in one all-reduce; `train_row` turns the sums into the `metrics.jsonl` row, and
+`console_line` prints the part of it that fits one line. The allocation's per-prompt lists travel
+separately (`StepGather`), because every rank needs every response's pair to update the statistics.
+The run's other outputs live here too: the JSONL logs and the start-against-end summary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import torch
+
+from dynamo import distributed as dist
+from dynamo.allocator import allocation_telemetry
+
+
+@dataclasses.dataclass
+class StepSums:
+    """This rank's sums for one step; every field adds up over ranks."""
+    rollouts: float = 0.0  # N, rollouts sampled
+    correct: float = 0.0  # rollouts the verifier accepted
+    zero_adv_groups: float = 0.0  # prompts whose rollouts all got the same reward (advantage 0)
+    groups: float = 0.0  # prompts
+    entropy: float = 0.0  # sum of the behaviour policy's entropy over response tokens
+    tokens: float = 0.0  # response tokens (EOS included)
+    truncated: float = 0.0  # rollouts without EOS within max_new_tokens
+    clip: float = 0.0  # PPO-clipped fraction, times rollouts
+    approx_kl: float = 0.0  # approximate KL to the behaviour policy, times rollouts
+    loss: float = 0.0  # this rank's part of the mean mini-batch loss
+    parse_failures: float = 0.0  # verifier counters
+    timeouts: float = 0.0
+    internal_errors: float = 0.0
+    t_generate: float = 0.0  # seconds, summed over ranks (divided by the world size in the row)
+    t_logprobs: float = 0.0
+    t_update: float = 0.0
+
+    def reduced(self) -> StepSums:
+        """The same fields summed over all ranks (one all-reduce, in float64)."""
+        values = torch.tensor(dataclasses.astuple(self), dtype=torch.float64)
+        return StepSums(*dist.all_reduce_sum(values).tolist())
+
+
+@dataclasses.dataclass
+class StepGather:
+    """This rank's per-prompt lists for the allocation telemetry, gathered (not summed) over ranks."""
+    counts: list  # rollouts allocated to each prompt
+    pass_rates: list  # the pass-rate estimates the allocation saw (None = unseen)
+    levels: list  # difficulty level of each prompt
+    group_rewards: list  # each prompt's rewards this step
+
+    @staticmethod
+    def telemetry(parts: list[StepGather]) -> dict:
+        """`alloc/*` fields over the prompts of every rank."""
+        return allocation_telemetry(*(sum((getattr(p, f.name) for p in parts), [])
+                                      for f in dataclasses.fields(StepGather)))
+
+
+def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: int, lr: float,
+              t_step: float) -> dict:
+    """The `metrics.jsonl` row of one training step, from the reduced sums."""
+    return {"step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts, "accuracy": s.correct / s.rollouts,
+            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.tokens,
+            "response_length": s.tokens / s.rollouts, "truncated": s.truncated / s.rollouts,
+            "grad_norm": grad_norm, "clip_frac": s.clip / s.rollouts, "approx_kl": s.approx_kl / s.rollouts,
+            "loss": s.loss, "skipped_steps": skipped, "lr": lr,
+            "time/generate": s.t_generate / world, "time/logprobs": s.t_logprobs / world,
+            "time/update": s.t_update / world,
+            "verifier/parse_failure_frac": s.parse_failures / s.rollouts, "verifier/timeouts": s.timeouts,
+            "verifier/internal_errors": s.internal_errors, "time/step": t_step}
+
+
+def console_line(row: dict) -> str:
+    return (f"step {row['step']:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} "
+            f"zero-adv {row['zero_adv_groups']:.2f} | ent {row['entropy']:.3f} len {row['response_length']:.1f} "
+            f"trunc {row['truncated']:.2f} | gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} "
+            f"| gen {row['time/generate']:.2f}s logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
+
+
+def open_log(out_dir: str, name: str, start: int):
+    """Append to a JSONL log; on resume, first drop the rows of steps the checkpoint does not cover."""
+    path = os.path.join(out_dir, name)
+    if start > 1 and os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] < start]
+        with open(path, "w") as f:
+            f.writelines(rows)
+    elif start == 1 and os.path.exists(path):
+        os.remove(path)  # a fresh run owns its directory's logs
+    return open(path, "a")
+
+
+def write_row(file, row: dict) -> None:
+    if file:
+        file.write(json.dumps(row) + "\n")
+        file.flush()
+
+
+def summarise(first: dict, last: dict, out_dir: str, identity: dict) -> None:
+    """Start vs end held-out accuracy with the standard error of the paired difference, and the run's identity."""
+    diff = [b - a for a, b in zip(first["per_problem"], last["per_problem"])]
+    d = sum(diff) / len(diff)
+    se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff))
+    summary = {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
+               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"], **identity}
+    print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
+          f"(gain {d:+.4f} +- {se:.4f} SE, paired over {len(diff)} problems)", flush=True)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
