@@ -190,20 +190,30 @@ def main(argv: list[str]) -> None:
             prompt_stats.update(rollout_ids, rollout_correct)
         # 4. advantages: normalised within the rollouts of each prompt, any group size (§4)
         adv = group_advantages(rewards, pidx)  # (N,)
-        # 5. old log-probs of the behaviour policy (no grad), in micro-batches
+        # 5. old log-probs of the behaviour policy (no grad), in micro-batches. A row whose advantage is 0 adds
+        #    exactly 0 to the gradient: `skip` leaves it out here (unless the step's normalisers or the
+        #    diagnostic need every row) and in the update; the loss denominator still counts its tokens
         t1 = time.time()
         mod = cfg.modulation
         mask = ro.response_mask.to(device).float()  # (N, T)
         n = mask.shape[0]
-        micro = [list(range(s, min(n, s + cfg.micro_batch_size))) for s in range(0, n, cfg.micro_batch_size)]
+        skip = skips_zero_advantage(cfg)
+        diagnose = bool(mod.diagnose_every) and step % mod.diagnose_every == 0
+        live = adv != 0 if skip else torch.ones(n, dtype=torch.bool)  # (N,) rows with a gradient
+        sharded = dist.is_sharded(model)
+        passed = torch.arange(n) if mod.scope == "step" or diagnose else rows_to_run(live, sharded)
+        micro = [passed[s:s + cfg.micro_batch_size] for s in range(0, len(passed), cfg.micro_batch_size)]
         need_u = mod.stabilization and mod.estimate == "exact"
+        old_logp, entropy = mask.new_zeros(mask.shape), mask.new_zeros(mask.shape)  # (N, T), 0 where not passed
+        old_u = mask.new_zeros(mask.shape) if need_u else None  # (N, T)
         with torch.no_grad():
-            old = [response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
-                                        temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
-                                        with_expected_u=need_u) for m in micro]
-        old_logp = torch.cat([o["logp"] for o in old])  # (N, T)
-        entropy = torch.cat([o["entropy"] for o in old])  # (N, T)
-        old_u = torch.cat([o["expected_u"] for o in old]) if need_u else None  # (N, T)
+            for m in micro:
+                o = response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
+                                         temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
+                                         with_expected_u=need_u)
+                old_logp[m], entropy[m] = o["logp"], o["entropy"]
+                if need_u:
+                    old_u[m] = o["expected_u"]
         adv_tok = adv.to(device)[:, None].expand_as(mask)  # (N, T) sequence advantage on every token
         t_logp = time.time() - t1
         norms = step_normalisers(cfg, old_logp, entropy, adv_tok, mask, old_u)  # {} at micro-batch scope
@@ -214,25 +224,29 @@ def main(argv: list[str]) -> None:
         mb_size = n // cfg.mini_batches
         sums = StepSums(rollouts=n, groups=p_local, t_generate=t_gen, t_logprobs=t_logp)
         grad_norm, clip_frac, approx_kl, factors = 0.0, 0.0, 0.0, {"comp": [], "stab": []}
+        n_run = max(1, int(live.sum()))  # rows with a gradient: the clip and KL fractions are means over them
         for k in range(cfg.mini_batches):
             rows = perm[k * mb_size:(k + 1) * mb_size]
             weights = token_weights(mask[rows], pidx[rows], cfg.loss.aggregation, dist.all_reduce_sum)  # (n_mb, T)
+            at = rows_to_run(live[rows], sharded)  # positions in `rows`
             opt.zero_grad(set_to_none=True)
-            for s in range(0, len(rows), cfg.micro_batch_size):
-                r = rows[s:s + cfg.micro_batch_size]
+            for s in range(0, len(at), cfg.micro_batch_size):
+                at_s = at[s:s + cfg.micro_batch_size]
+                r = rows[at_s]
                 cur = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
                                            temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
                                            with_expected_u=need_u)
                 # 6. modulate (§5): A <- A * beta_comp * beta_stab, both detached
                 a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], norms, factors)  # (n_micro, T)
                 # 7. update (§6): PPO dual-clip loss, its denominator in `weights`
-                loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[s:s + len(r)],
+                loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[at_s],
                                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
                                     dual_clip=cfg.loss.dual_clip)
                 loss.backward()
                 sums.loss += loss.item() / cfg.mini_batches  # this rank's part; summed over ranks below
-                clip_frac += st["clip_frac"] * len(r) / n
-                approx_kl += st["approx_kl"] * len(r) / n
+                clip_frac += st["clip_frac"] * len(r) / n_run
+                approx_kl += st["approx_kl"] * len(r) / n_run
+            zero_missing_gradients(model)  # no row with a gradient: AdamW still steps (decay, momentum)
             dist.sum_gradients(model)  # replicas only: FSDP2 reduced (summed) the shards in backward
             norm = dist.grad_norm(model, cfg.optim.grad_clip)  # global over all ranks
             if torch.isfinite(norm):
@@ -250,7 +264,9 @@ def main(argv: list[str]) -> None:
         zero_adv = torch.zeros(p_local).index_add_(0, pidx, adv.abs()) == 0  # (P,) groups with no signal
         sums.correct, sums.zero_adv_groups = correct.sum().item(), zero_adv.sum().item()
         sums.entropy, sums.tokens = (entropy * mask).sum().item(), mask.sum().item()
+        sums.entropy_tokens = mask[passed].sum().item()
         sums.truncated, sums.clip, sums.approx_kl = ro.truncated.sum().item(), clip_frac * n, approx_kl * n
+        sums.rows_skipped = int((~live).sum())
         sums.parse_failures, sums.timeouts, sums.internal_errors = (
             v1[key] - v0[key] for key in ("parse_failures", "timeouts", "internal_errors"))
         row = train_row(step, sums.reduced(), world=world, grad_norm=grad_norm, skipped=skipped,
@@ -258,7 +274,7 @@ def main(argv: list[str]) -> None:
         log(console_line(row))
         row.update(StepGather.telemetry([part for _, _, part in pairs]))
         row.update(factor_stats(factors))
-        if mod.diagnose_every and step % mod.diagnose_every == 0:
+        if diagnose:
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, micro, old_logp, entropy,
                                                                         adv_tok, mask, old_u)
         write_row(metrics_file, row)
@@ -290,6 +306,37 @@ def main(argv: list[str]) -> None:
     stop_request.restore()
     dist.shutdown()
 
+
+def skips_zero_advantage(cfg) -> bool:
+    """Whether rows whose advantage is 0 stay out of the old-log-prob pass and the update (config key
+    skip_zero_advantage). Every term of this loss is proportional to the advantage, so such a row adds exactly
+    0 to the gradient; a loss term that is not (an entropy bonus, a KL penalty) would have to turn this off.
+    'auto' skips only where the token factors stay the same: with no modulation, or with step-scope
+    normalisers (computed from every row). Under micro-batch scope the factors' normalisers would cover only
+    the updated rows of each micro-batch, another grouping of the rows."""
+    if cfg.skip_zero_advantage != "auto":
+        return cfg.skip_zero_advantage == "true"
+    m = cfg.modulation
+    return m.scope == "step" or not (m.compensation or m.stabilization)
+
+
+def rows_to_run(live: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """Positions of the rows a pass runs on: those with a gradient (`live`, (n,) bool), in order. A sharded
+    model runs as many rows on every rank (each forward is collective), filled up with rows whose
+    contribution is 0."""
+    order = torch.cat([live.nonzero(), (~live).nonzero()]).squeeze(1)  # (n,)
+    todo = int(live.sum())
+    if sharded:
+        todo = int(dist.all_reduce_max(torch.tensor(todo)))
+    return order[:todo]
+
+
+def zero_missing_gradients(model) -> None:
+    """A mini-batch whose rows all had advantage 0 ran no backward: give every parameter the zero gradient
+    it would have had, so that AdamW still applies weight decay and its momentum, as without skipping."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 if __name__ == "__main__":

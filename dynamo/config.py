@@ -114,6 +114,8 @@ class Config:
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
+    # 'true' also skips under micro-batch-scope modulation, whose normalisers then cover the updated rows only
+    skip_zero_advantage: str = "auto"  # leave rows with advantage 0 (no gradient) out of the old-log-prob pass and the update; 'auto': only where exact
     activation_checkpointing: bool = False  # recompute each decoder layer in backward (memory for time)
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
@@ -140,6 +142,7 @@ class Config:
 
 
 CHOICES = {
+    "skip_zero_advantage": ("auto", "true", "false"),
     "template": ("plain", "boxed", "chat"),
     "rollout.too_long": ("stop", "skip"),
     "device": ("auto", "cpu", "cuda"),
@@ -172,6 +175,8 @@ def _coerce(key: str, value, typ):
             pass
     if origin is list and isinstance(value, list):
         return value
+    if typ is str and isinstance(value, bool):  # YAML reads `true` / `false` as booleans: keys like
+        return "true" if value else "false"     # skip_zero_advantage take them as choices
     if typ in (int, float, str, bool) and type(value) is typ:
         return value
     raise ConfigError(f"config key '{key}': expected {getattr(typ, '__name__', typ)}, got {value!r}")

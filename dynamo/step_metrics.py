@@ -38,6 +38,8 @@ class StepSums:
     t_generate: float = 0.0  # seconds, summed over ranks (divided by the world size in the row)
     t_logprobs: float = 0.0
     t_update: float = 0.0
+    rows_skipped: float = 0.0  # rows left out of the update (advantage 0, skip_zero_advantage)
+    entropy_tokens: float = 0.0  # response tokens whose entropy was computed (rows skipped by the old pass are not)
 
     def reduced(self) -> StepSums:
         """The same fields summed over all ranks (one all-reduce, in float64)."""
@@ -64,10 +66,10 @@ def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: 
               t_step: float) -> dict:
     """The `metrics.jsonl` row of one training step, from the reduced sums."""
     return {"step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts, "accuracy": s.correct / s.rollouts,
-            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.tokens,
+            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.entropy_tokens,
             "response_length": s.tokens / s.rollouts, "truncated": s.truncated / s.rollouts,
             "grad_norm": grad_norm, "clip_frac": s.clip / s.rollouts, "approx_kl": s.approx_kl / s.rollouts,
-            "loss": s.loss, "skipped_steps": skipped, "lr": lr,
+            "loss": s.loss, "skipped_steps": skipped, "rows_skipped": s.rows_skipped / s.rollouts, "lr": lr,
             "time/generate": s.t_generate / world, "time/logprobs": s.t_logprobs / world,
             "time/update": s.t_update / world,
             "verifier/parse_failure_frac": s.parse_failures / s.rollouts, "verifier/timeouts": s.timeouts,

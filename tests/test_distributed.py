@@ -21,7 +21,7 @@ SMALL = ["prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=8", "eval_
 # What makes a step independent of how its rollouts are split over ranks: the allocator works within a
 # rank, so only a uniform allocation is the same for 1 and 2 ranks, and both token factors need their
 # normalisers over the whole step (the official micro-batch scope sees a different micro-batch per rank).
-SPLIT_FREE = ["allocation=uniform", "modulation.scope=step"]
+SPLIT_FREE = ["allocation=uniform", "modulation.scope=step", "skip_zero_advantage=false"]
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
 
@@ -69,6 +69,23 @@ def test_two_ranks_match_one_process(one_process, two_ranks):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-5
     start = weights(SHIPPED_START)  # and the weights did move, by far more than that (Adam: about lr a step)
     assert max((wa[k] - start[k]).abs().max().item() for k in wa) > 2e-4
+
+
+def test_two_ranks_skipping_zero_advantage_rows(one_process, tmp_path):
+    """Under FSDP2 each forward is collective: a rank with fewer rows to update fills its micro-batches
+    up to the other rank's count with rows whose contribution is 0. Same result as updating every row."""
+    out = run([*SPLIT_FREE, "skip_zero_advantage=true", "micro_batch_size=2", "steps=4",
+               f"out_dir={tmp_path / 'out'}"], tmp_path, TORCHRUN)
+    a, b = step_rows(one_process / "out"), step_rows(tmp_path / "out")
+    assert any(b[s]["rows_skipped"] > 0 and b[s]["grad_norm"] > 0 for s in b), "precondition: no step skipped rows"
+    for s in a:
+        for key in ("reward", "accuracy", "response_length", "zero_adv_groups"):
+            assert a[s][key] == b[s][key], (s, key)
+        for key in ("loss", "grad_norm", "entropy"):
+            assert abs(a[s][key] - b[s][key]) <= 1e-4 * max(1.0, abs(a[s][key])), (s, key, a[s][key], b[s][key])
+    wa, wb = weights(one_process / "out" / "final"), weights(tmp_path / "out" / "final")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-5
+    assert "step    4 | reward" in out
 
 
 def test_logged_numbers_are_the_recorded_ones(one_process, two_ranks):
