@@ -6,12 +6,25 @@ GSM8K `#### <n>`, Minerva's last box in `solution`, OlympiadBench's `$`-wrapped 
 import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# The model's turn ends at a chat-template token; anything after it is a hallucinated next turn.
+_TURN_END_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|start_header_id)\|>")
+# Boxes written side by side form one answer (`\boxed{-2} and \boxed{1}`): only these may separate them.
+_BOX_JOIN_RE = re.compile(r"(?:\s|\$|\\[()\[\]]|,|;|\\quad|\\qquad|\\text\s*\{\s*and\s*\}|(?<![A-Za-z])and(?![A-Za-z]))*")
+MAX_JOINED_BOXES = 16
+MAX_SCAN_CHARS = 4000  # the unboxed fallbacks read at most this much text around their anchor
 # Evaluation-only fallbacks, tried in order when there is no box (the last match in the text wins).
-_FALLBACK_RES = [
-    re.compile(r"Final Answer: The final answer is (.+?)\. I hope it is correct", re.S),  # Minerva prompt format
-    re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.+?)(?:\.\s|\.?$|\n)", re.M),
-    re.compile(r"\*{0,2}(?:Final )?Answer\*{0,2}\s*:\*{0,2}\s*(.+?)\s*$", re.M | re.I),
-]
+_MINERVA_RE = re.compile(r"Final Answer: The final answer is (.+?)\. I hope it is correct", re.S)  # Minerva prompt format
+_ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.+?)(?:\.\s|\.?$|\n)", re.M)
+_HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*?)[ \t]*$", re.M)  # GSM8K: `#### 72`
+# "Final Answer" anywhere; "Answer" (capital A) only where a line or sentence starts: "**Answer:** 5",
+# "### Final Answer", "Answer \\[ 9 \\]"; the word "answer" in prose is no anchor.
+_ANCHOR_RE = re.compile(
+    r"(?:[Ff]inal\s+[Aa]nswer|FINAL ANSWER|(?:^|(?<=\n)|(?<=[.!?:]\s))[ \t>#*]*Answer)(?![A-Za-z])[ \t*]*:?[ \t*]*"
+)
+_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?", re.ASCII)
+_COPULA_RE = re.compile(r"(?<![A-Za-z])(?:is|are|was|were|equals|be)(?![A-Za-z])")
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+_PUNCT = " \t\n.,;:!"
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -32,17 +45,194 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
+def _box_at(text: str, i: int) -> tuple[str, int] | None:
+    """(content, end) of the box whose macro ends at text[i]; None when unbalanced or empty."""
+    rest = text[i:].lstrip()
+    j = len(text) - len(rest)
+    if rest.startswith("{"):
+        content = _braced(text, j)
+        return None if content is None else (content, j + len(content) + 2)
+    m = re.match(r"[^\s$]+", rest) if text[i : i + 1].isspace() else None  # `\boxed 5$`
+    return (m.group(0), j + m.end()) if m else None
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{...} / \\fbox{...} (or `\\boxed 5`); None when absent or unbalanced."""
     starts = [m.end() for m in _BOX_RE.finditer(text)]
     if not starts:
         return None
-    i = starts[-1]
-    rest = text[i:].lstrip()
-    if rest.startswith("{"):
-        return _braced(text, len(text) - len(rest))
-    m = re.match(r"[^\s$]+", rest) if text[i : i + 1].isspace() else None  # `\boxed 5$`
-    return m.group(0) if m else None
+    box = _box_at(text, starts[-1])
+    return box[0] if box else None
+
+
+def final_boxed(text: str) -> str | None:
+    """The last box, joined with the boxes right before it when only `and`, commas, spaces or math
+    delimiters separate them: `\\boxed{-2} and \\boxed{1}` is the answer `-2, 1`, not `1`."""
+    macros = list(_BOX_RE.finditer(text))
+    if not macros:
+        return None
+    last = _box_at(text, macros[-1].end())
+    if last is None:
+        return None
+    parts, start = [last[0]], macros[-1].start()
+    for m in reversed(macros[-MAX_JOINED_BOXES:-1]):
+        box = _box_at(text, m.end())
+        gap = text[box[1] : start] if box else ""
+        if box is None or "\n\n" in gap or not _BOX_JOIN_RE.fullmatch(gap):
+            break
+        parts.append(box[0])
+        start = m.start()
+    parts = list(dict.fromkeys(p.strip() for p in reversed(parts)))  # a repeated box is one answer
+    return ", ".join(parts)
+
+
+def math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every $...$, $$...$$, \\(...\\) and \\[...\\] in `text`, in order.
+
+    Display math may run over several lines; inline math may not (a `$` pair across lines is
+    usually two unrelated dollar signs). An escaped \\$ is a literal dollar, inside math or out.
+    """
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and text[i + 1 : i + 2] in ("(", "["):
+            close = "\\)" if text[i + 1] == "(" else "\\]"
+            j = text.find(close, i + 2)
+            if j >= 0 and (close == "\\]" or "\n" not in text[i + 2 : j]):
+                out.append((i, j + 2, text[i + 2 : j]))
+                i = j + 2
+                continue
+            i += 2
+        elif c == "\\":
+            i += 2  # \$, \\, \{ ...: never a delimiter
+        elif c == "$":
+            display = text.startswith("$$", i)
+            j = _closing_dollar(text, i + (2 if display else 1), display)
+            if j < 0:
+                i += 2 if display else 1
+                continue
+            out.append((i, j + (2 if display else 1), text[i + (2 if display else 1) : j]))
+            i = j + (2 if display else 1)
+        else:
+            i += 1
+    return out
+
+
+def _closing_dollar(text: str, i: int, display: bool) -> int:
+    """Index of the unescaped `$` (or `$$`) closing math opened before text[i]; -1 when none."""
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+        elif c == "$":
+            if display:
+                return i if text.startswith("$$", i) else -1
+            return -1 if text.startswith("$$", i) else i
+        elif c == "\n" and not display:
+            return -1
+        else:
+            i += 1
+    return -1
+
+
+def _strip_punct(s: str) -> str:
+    """Sentence punctuation written after an answer (`$\\frac13.$`); an ellipsis stays (`1, 2, 3, ...`)."""
+    s = s.strip()
+    if s.endswith("...") or s.endswith("\\dots") or s.endswith("\\ldots"):
+        return s
+    return s.rstrip(_PUNCT).strip() if s[-1:] in ".,;:" else s
+
+
+def _unwrap(answer: str) -> str:
+    """The answer an anchor points at: its first math span when it starts with one, else the text."""
+    answer = answer.strip().strip("*").strip()
+    spans = math_spans(answer)
+    if spans and spans[0][0] == 0:
+        return _strip_punct(spans[0][2])
+    return _strip_punct(answer)
+
+
+def _masked(text: str, spans) -> str:
+    """`text` with every math span blanked out (same length), so prose rules never look inside math."""
+    chars = list(text)
+    for s, e, _ in spans:
+        chars[s:e] = "_" * (e - s)
+    return "".join(chars)
+
+
+def _from_sentence(text: str) -> str | None:
+    """The answer a sentence states: `... is <answer>`, else its last math, else its last number."""
+    text = text.strip()
+    spans = math_spans(text)
+    masked = _masked(text, spans)
+    if "$" in masked or "\\(" in masked or "\\[" in masked:
+        return None  # unpaired math delimiters: the sentence cannot be read reliably
+    copulas = list(_COPULA_RE.finditer(masked))
+    if copulas:
+        tail = copulas[-1].end()
+        tail_spans = [sp for sp in spans if sp[0] >= tail]
+        if tail_spans:
+            return _strip_punct(tail_spans[-1][2])
+        number = _NUMBER_RE.search(masked, tail)
+        if number:
+            rest = _strip_punct(text[number.start() :])
+            # a short tail keeps its unit ("120 cubic units") for the unit check; a long one gives the number
+            return rest if len(rest.split()) <= 3 else number.group(0)
+    if spans:
+        return _strip_punct(spans[-1][2])
+    numbers = list(_NUMBER_RE.finditer(masked))
+    if not numbers:
+        return None
+    if len(text.split()) <= 3 and numbers[0].start() == 0:
+        return _strip_punct(text)  # the whole reply is "28 percent"
+    return numbers[-1].group(0)
+
+
+def _after_anchor(text: str) -> str | None:
+    """The answer after the last "Answer" anchor: the math that follows it (display math may start on a
+    later line), else the anchor's own sentence. An anchor followed by something unreadable is None."""
+    anchors = list(_ANCHOR_RE.finditer(text))
+    if not anchors:
+        return None
+    tail = text[anchors[-1].end() :][:MAX_SCAN_CHARS]
+    body = tail.lstrip(" \t\n*:#")
+    offset = len(tail) - len(body)
+    spans = math_spans(tail)
+    if spans and spans[0][0] == offset:
+        return _strip_punct(spans[0][2]) or None
+    line = body.split("\n", 1)[0]
+    masked = _masked(line, math_spans(line))
+    end = _SENTENCE_END_RE.search(masked)
+    return _from_sentence(line[: end.start()] if end else line)
+
+
+def _last_sentence(text: str) -> str | None:
+    """The answer stated by the last sentence holding a number or math ("Therefore $x \\geq 5$ is the
+    solution."), skipping closing remarks; a reply cut off mid-sentence has none."""
+    tail = text.rstrip()[-MAX_SCAN_CHARS:]
+    spans = math_spans(tail)
+    masked = _masked(tail, spans)
+    bounds = [0] + [m.end() for m in _SENTENCE_END_RE.finditer(masked)]
+    if bounds[-1] != len(tail):
+        bounds.append(len(tail))
+    sentences = [(a, b) for a, b in zip(bounds, bounds[1:]) if tail[a:b].strip()]
+    for k, (a, b) in enumerate(reversed(sentences[-4:])):
+        sentence, plain = tail[a:b], masked[a:b]
+        if not (re.search(r"\d", plain) or "_" in plain):
+            continue  # "I hope it is correct.", "Hope this helps!"
+        complete = plain.rstrip()[-1:] in ".!?_" or len(sentence.split()) <= 5 or k > 0
+        return _from_sentence(sentence) if complete else None
+    return None
+
+
+def _fallback_answer(response: str) -> str | None:
+    for pattern in (_MINERVA_RE, _ANSWER_IS_RE, _HASHES_RE):
+        hits = pattern.findall(response)
+        if hits:
+            return _unwrap(hits[-1])
+    if _ANCHOR_RE.search(response):
+        return _after_anchor(response)
+    return _last_sentence(response)
 
 
 def extract_answer(response: str, fallbacks: bool = False) -> str | None:
@@ -53,14 +243,10 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
         response = response.rsplit("</think>", 1)[1]  # only the text after reasoning counts
     elif "<think>" in response:
         return None  # reasoning never finished: there is no answer to grade
-    answer = last_boxed(response)
+    response = _TURN_END_RE.split(response, 1)[0]
+    answer = final_boxed(response)
     if answer is None and fallbacks:
-        for pattern in _FALLBACK_RES:
-            hits = pattern.findall(response)
-            if hits:
-                answer = hits[-1].strip().strip("*").strip()
-                answer = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", answer).strip()
-                break
+        answer = _fallback_answer(response)
     if answer is None or not answer.strip():
         return None
     return answer.strip()
