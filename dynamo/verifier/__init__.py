@@ -14,7 +14,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from dynamo.verifier import pool as _pool
-from dynamo.verifier.extract import extract_answer, last_boxed, reference_answer
+from dynamo.verifier.extract import anchored_answer, extract_answer, final_boxed, reference_answer
 from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, normalize_with_unit
 
 __all__ = ["verify", "verify_batch", "extract_answer", "reference_answer", "VerifierStats", "stats", "reset_stats", "shutdown"]
@@ -68,7 +68,9 @@ def _reference_text(reference) -> str | None:
     if "####" in ref:
         ref = ref.rsplit("####", 1)[1].replace(",", "")
     elif "\\boxed" in ref or "\\fbox" in ref:
-        ref = last_boxed(ref)
+        ref = final_boxed(ref)
+    else:  # a worked text ending "Final Answer: The final answer is $28\%$. I hope it is correct."
+        ref = anchored_answer(ref) or ref
     return ref.strip() if ref and ref.strip() else None
 
 

@@ -68,6 +68,12 @@ def last_boxed(text: str) -> str | None:
 def final_boxed(text: str) -> str | None:
     """The last box, joined with the boxes right before it when only `and`, commas, spaces or math
     delimiters separate them: `\\boxed{-2} and \\boxed{1}` is the answer `-2, 1`, not `1`."""
+    found = _final_box(text)
+    return found[0] if found else None
+
+
+def _final_box(text: str) -> tuple[str, int] | None:
+    """(final_boxed answer, index where the last box ends)."""
     macros = list(_BOX_RE.finditer(text))
     if not macros:
         return None
@@ -83,7 +89,7 @@ def final_boxed(text: str) -> str | None:
         parts.append(box[0])
         start = m.start()
     parts = list(dict.fromkeys(p.strip() for p in reversed(parts)))  # a repeated box is one answer
-    return ", ".join(parts)
+    return ", ".join(parts), last[1]
 
 
 def math_spans(text: str) -> list[tuple[int, int, str]]:
@@ -144,12 +150,19 @@ def _strip_punct(s: str) -> str:
 
 
 def _unwrap(answer: str) -> str:
-    """The answer an anchor points at: its first math span when it starts with one, else the text."""
+    """The answer an anchor points at: the math it starts with (spans separated only by spaces are one
+    expression: `$x_0 \\cos t+$ $\\dot{x}_0 \\sin t$`), else the text."""
     answer = answer.strip().strip("*").strip()
     spans = math_spans(answer)
-    if spans and spans[0][0] == 0:
-        return _strip_punct(spans[0][2])
-    return _strip_punct(answer)
+    if not spans or spans[0][0] != 0:
+        return _strip_punct(answer)
+    contents, end = [spans[0][2]], spans[0][1]
+    for start, stop, content in spans[1:]:
+        if answer[end:start].strip():
+            break
+        contents.append(content)
+        end = stop
+    return _strip_punct(" ".join(contents))
 
 
 def _masked(text: str, spans) -> str:
@@ -165,6 +178,10 @@ def _from_sentence(text: str) -> str | None:
     text = text.strip()
     spans = math_spans(text)
     masked = _masked(text, spans)
+    if re.search(r"\$(?=\d)", masked):  # "$18" outside math is a currency sign
+        text = _drop_currency(text, masked)
+        spans = math_spans(text)
+        masked = _masked(text, spans)
     if "$" in masked or "\\(" in masked or "\\[" in masked:
         return None  # unpaired math delimiters: the sentence cannot be read reliably
     copulas = list(_COPULA_RE.finditer(masked))
@@ -180,12 +197,19 @@ def _from_sentence(text: str) -> str | None:
             return rest if len(rest.split()) <= 3 else number.group(0)
     if spans:
         return _strip_punct(spans[-1][2])
+    if not re.search(r"(?<![\\A-Za-z])[A-Za-z]{2,}", text):
+        return _strip_punct(text) or None  # bare LaTeX without delimiters: "\\frac{10}{9}", "x \\geq 5"
     numbers = list(_NUMBER_RE.finditer(masked))
     if not numbers:
         return None
     if len(text.split()) <= 3 and numbers[0].start() == 0:
         return _strip_punct(text)  # the whole reply is "28 percent"
     return numbers[-1].group(0)
+
+
+def _drop_currency(text: str, masked: str) -> str:
+    """`text` without the `$` signs that stand before a number outside math ("costs $18")."""
+    return "".join(c for i, c in enumerate(text) if not (masked[i] == "$" and masked[i + 1 : i + 2].isdigit()))
 
 
 def _after_anchor(text: str) -> str | None:
@@ -206,15 +230,21 @@ def _after_anchor(text: str) -> str | None:
     return _from_sentence(line[: end.start()] if end else line)
 
 
+def _sentence_bounds(text: str, masked: str, spans) -> list[int]:
+    """Sentence ends: . ! ? before a space or a line break outside math, and the end of display math or
+    of math ending in a period (`$$\\frac{2}{1}.$$ Therefore ...`)."""
+    ends = {m.end() for m in _SENTENCE_END_RE.finditer(masked)}
+    ends |= {e for s, e, content in spans if text.startswith(("$$", "\\["), s) or content.rstrip()[-1:] in ".!?"}
+    return sorted(ends)
+
+
 def _last_sentence(text: str) -> str | None:
     """The answer stated by the last sentence holding a number or math ("Therefore $x \\geq 5$ is the
     solution."), skipping closing remarks; a reply cut off mid-sentence has none."""
     tail = text.rstrip()[-MAX_SCAN_CHARS:]
     spans = math_spans(tail)
     masked = _masked(tail, spans)
-    bounds = [0] + [m.end() for m in _SENTENCE_END_RE.finditer(masked)]
-    if bounds[-1] != len(tail):
-        bounds.append(len(tail))
+    bounds = [0] + [b for b in _sentence_bounds(tail, masked, spans) if 0 < b < len(tail)] + [len(tail)]
     sentences = [(a, b) for a, b in zip(bounds, bounds[1:]) if tail[a:b].strip()]
     for k, (a, b) in enumerate(reversed(sentences[-4:])):
         sentence, plain = tail[a:b], masked[a:b]
@@ -225,18 +255,22 @@ def _last_sentence(text: str) -> str | None:
     return None
 
 
-def _fallback_answer(response: str) -> str | None:
+def anchored_answer(text: str) -> str | None:
+    """The answer an explicit phrase marks: Minerva's "Final Answer: The final answer is X. I hope it is
+    correct", "the answer is X", GSM8K's "#### X", an "Answer:" heading. None when there is none."""
     for pattern in (_MINERVA_RE, _ANSWER_IS_RE, _HASHES_RE):
-        hits = pattern.findall(response)
+        hits = pattern.findall(text)
         if hits:
             return _unwrap(hits[-1])
-    if _ANCHOR_RE.search(response):
-        return _after_anchor(response)
-    return _last_sentence(response)
+    if _ANCHOR_RE.search(text):
+        return _after_anchor(text) or ""  # an anchor followed by nothing readable: no guessing elsewhere
+    return None
 
 
 def extract_answer(response: str, fallbacks: bool = False) -> str | None:
-    """The final answer in a full model output; None is a parse failure. fallbacks=True is for evaluation."""
+    """The final answer in a full model output; None is a parse failure. fallbacks=True is for evaluation:
+    without a box, an anchored answer or else the last sentence's; after a box, only an anchored answer
+    that states a number or math ("... \\boxed{255} ... Final Answer: The final answer is $10,455$")."""
     if not isinstance(response, str):
         return None
     if "</think>" in response:
@@ -244,9 +278,16 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
     elif "<think>" in response:
         return None  # reasoning never finished: there is no answer to grade
     response = _TURN_END_RE.split(response, 1)[0]
-    answer = final_boxed(response)
-    if answer is None and fallbacks:
-        answer = _fallback_answer(response)
+    box = _final_box(response)
+    answer = box[0] if box else None
+    if fallbacks and box:
+        later = anchored_answer(response[box[1] :])
+        if later and (re.search(r"\d", later) or math_spans(later) or "\\" in later):
+            answer = later
+    elif fallbacks:
+        answer = anchored_answer(response)
+        if answer is None:
+            answer = _last_sentence(response)
     if answer is None or not answer.strip():
         return None
     return answer.strip()

@@ -16,7 +16,8 @@ _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u22c5": r"\cdot ", "\u00f7": r"\div ",
     "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u00b0": r"^\circ ",
     "\u221a": r"\sqrt ", "\u00b1": r"\pm ", "\u222a": r"\cup ", "\u00a0": " ", "\uff05": "%", "\uff0c": ",",
-    "\u2260": r"\ne ", "\u2205": r"\emptyset ", "\u2248": r"\approx ",
+    "\u2260": r"\ne ", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
+    "\u20ac": "", "\u00a3": "",  # euro and pound signs, like \$, are presentation
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
@@ -49,8 +50,8 @@ _CONNECTIVE_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(and|or)(?![A-Za-z])\s*")
 _THOUSANDS_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|boxed)\s*\{([^{}]*)\}")
 _BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?", re.ASCII)  # 2516_8, 4210_{5}: a numeral in another base
-_NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?"
-# x, m_{\max}, f(x), \tau, and a tuple of names: (p,q) = (3,2) assigns the pair
+_NAME = r"(?:[A-Za-z]+|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?"
+# x, AB, m_{\max}, f(x), \tau, and a tuple of names: (p,q) = (3,2) assigns the pair
 _SIMPLE_LHS_RE = re.compile(rf"{_NAME}(?:\([^()=]*\))?|\({_NAME}(?:,{_NAME})+\)")
 
 
@@ -63,6 +64,8 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
     """(canonical text, canonical unit or ""): the unit is removed from the text but kept, so that a pair
     differing only by a unit on one side compares equal while `5 cm` and `5 m` do not."""
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    if "\\\\" in s and not re.search(r"(?<!\\)\\[A-Za-z]", s):
+        s = s.replace("\\\\", "\\")  # every backslash doubled (an escaped string): \\frac is \frac
     s = s.replace("\\$", "").replace("$", "")
     # Thousands separators: 10,\!080 and 12{,}000 always; a plain comma only in one lone number (below)
     s = re.sub(r"(\d)\s*(?:,\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))", r"\1", s)
@@ -88,6 +91,8 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
     if re.search(r"[\d<>=]|\\[lgn]e(?![A-Za-z])", s):  # "6 and 8", "x < 2 or x > 3"; not "black and white"
         s = _CONNECTIVE_RE.sub(lambda m: "," if m.group(1) == "or" or "," in m.group(0) else r" \land ", s)
     s = re.sub(r"\s+", " ", s).strip()
+    while s.startswith("{") and _closing_brace(s) == len(s) - 1:
+        s = s[1:-1].strip()  # a TeX group around the whole answer: {1,3} is 1,3
     if _THOUSANDS_NUMBER_RE.fullmatch(s.rstrip(".")):  # 12,000 alone is a number; "32, 349" (a space) is a list
         s = s.replace(",", "")
     s = re.sub(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])", "", s)  # spaces only matter between two letters
@@ -99,6 +104,20 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
     elif re.fullmatch(r"[A-Za-z]+(?: [A-Za-z]+)*", s) and len(s) > 1:  # words compare case-insensitively
         s = s.lower()
     return s, " ".join(dict.fromkeys(units))
+
+
+def _closing_brace(s: str) -> int:
+    """Index of the `}` closing the `{` at s[0] (escaped \\{ \\} skipped), or -1."""
+    depth, i = 0, 0
+    while i < len(s):
+        if s[i] == "\\":
+            i += 2
+            continue
+        depth += (s[i] == "{") - (s[i] == "}")
+        if depth == 0:
+            return i
+        i += 1
+    return -1
 
 
 def _relations(s: str) -> str:
@@ -191,16 +210,16 @@ def align_sides(resp: str, ref: str) -> tuple[str, str]:
         new = []
         for p in ref_parts:
             sides = split_top(p, "=")
-            new.append(sides[1] if len(sides) == 2 and _SIMPLE_LHS_RE.fullmatch(sides[0]) else p)
+            new.append(sides[-1] if len(sides) >= 2 and _SIMPLE_LHS_RE.fullmatch(sides[0]) else p)
         ref_parts = new
     else:
         # Both are definitions: same left sides compare by right sides; otherwise as equations.
-        # A response chain `x = 5+5+1 = 11` states its last side.
+        # A chain `x = 5+5+1 = 11` states its last side.
         pairs = [(split_top(a, "="), split_top(b, "=")) for a, b in zip(resp_parts, ref_parts)]
         if len(resp_parts) == len(ref_parts) and all(
-            len(a) >= 2 and len(b) == 2 and a[0] == b[0] and _SIMPLE_LHS_RE.fullmatch(b[0]) for a, b in pairs
+            len(a) >= 2 and len(b) >= 2 and a[0] == b[0] and _SIMPLE_LHS_RE.fullmatch(b[0]) for a, b in pairs
         ):
-            resp_parts, ref_parts = [a[-1] for a, _ in pairs], [b[1] for _, b in pairs]
+            resp_parts, ref_parts = [a[-1] for a, _ in pairs], [b[-1] for _, b in pairs]
     return ",".join(resp_parts), ",".join(ref_parts)
 
 
