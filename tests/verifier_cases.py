@@ -104,6 +104,17 @@ _ROWS = {
         ("last-sentence-other-value", "To answer this we compute $x = 5$. Then $y = 7$.", "5", False),
         ("no-answer", "I could not solve it.", "5", False),
         ("answer-anchor-unreadable", "Answer $ \n 5 \n $ and later we found 5.", "5", False),
+        ("conclusion-number", "Therefore, the minimum error in the position increases by 100%.", r"100\%", True),
+        ("conclusion-currency", "She sells 9 eggs at $2 each. So she makes $18 every day.", "18", True),
+        ("bare-latex-reply", r"\frac{10}{9}", "10/9", True),
+        ("anchor-after-box-wins", "... $0.05 \\cdot 10,200 \\cdot \\frac{1}{2} = \\boxed{255}$ So she has $10,200 + $255 = "
+         "$10,455. Final Answer: The final answer is $10,455$. I hope it is correct.", "10455", True),
+        ("anchor-after-box-not-box", "... $0.05 \\cdot 10,200 \\cdot \\frac{1}{2} = \\boxed{255}$ So she has $10,200 + "
+         "$255 = $10,455. Final Answer: The final answer is $10,455$. I hope it is correct.", "255", False),
+        ("box-then-wordy-answer-is", "So $x = \\boxed{5}$. Hence the answer is correct.", "5", True),
+        ("first-thing-after-copula", "The value of $x$ is 5 when $y = 7$.", "7", False),
+        ("no-conclusion-no-number", "So $x = 12$. This took 3 steps.", "3", False),
+        ("cut-off-mid-sentence", "We get 3 + 4 = 7 and then multiply by", "7", False),
     ],
     # 3. Relations: macros, ASCII forms, sides swapped, both sides negated
     "relations": [
@@ -279,6 +290,16 @@ _ROWS = {
         ("boxes-are-a-list", "So $\\boxed{3}$ and $\\boxed{4}$.", "3", False),
         ("boxes-missing-one", "The integers are $\\boxed{-2}$ and $\\boxed{1}$.", "-2,1,3", False),
         ("intermediate-box", "First $\\boxed{3}$, then the final value is $\\boxed{4}$.", "3", False),
+        ("gold-as-worked-text", box(r"28\%"), "So it loses 28%. Final Answer: The final answer is $28 \\%$. "
+         "I hope it is correct.", True),
+        ("gold-with-two-boxes", box("1,2"), r"$\boxed{1}\boxed{2}$", True),
+        ("doubled-backslashes", box(r"\\left( 3, \\frac{\\pi}{2} \\right)"), r"(3, \frac{\pi}{2})", True),
+        ("tex-group-list-vs-tuple", "${1,3}$", "$(1,3)$", True),
+        ("named-values", box("4, 5"), "$AB=4,CD=5$", True),
+        ("gold-chain", box("z = 2"), "z = 1 + 1 = 2", True),
+        ("tex-group-list-order", "${1,3}$", "$(3,1)$", False),
+        ("named-values-wrong", box("4, 6"), "$AB=4,CD=5$", False),
+        ("definition-not-name", box("5"), "x + y = 5", False),
     ],
 }
 

@@ -103,17 +103,18 @@ def _item(s: str):
     if len(member) == 2 and re.fullmatch(r"[A-Za-z]", member[0]):  # x \in [-2,7] is the set [-2,7]
         return _item(member[1])
     union = split_top(s, "\\cup")
+    if len(union) > MAX_ITEMS:
+        raise ParseError("too many union pieces")
     if len(union) > 1:
         return ("union", [_item(p) for p in union])
     if s[0] in "([" and _matching(s, 0) == len(s) - 1 and _MATRIX_RE.fullmatch(s[1:-1].strip()):
         return _item(s[1:-1].strip())  # (\begin{pmatrix}...\end{pmatrix}): the brackets add nothing
     m = _MATRIX_RE.fullmatch(s)
     if m:
-        rows = [r for r in split_top(m.group(2), "\\\\") if r.strip()]
-        cells = [[_item(c) for c in split_top(r, "&")] for r in rows]
-        if not cells or len({len(r) for r in cells}) != 1 or sum(map(len, cells)) > MAX_ITEMS:
-            raise ParseError("ragged or oversized matrix")
-        return ("matrix", cells)
+        rows = [split_top(r, "&") for r in split_top(m.group(2), "\\\\") if r.strip()]
+        if not rows or len({len(r) for r in rows}) != 1 or sum(map(len, rows)) > MAX_ITEMS:
+            raise ParseError("ragged or oversized matrix")  # checked before any cell is parsed
+        return ("matrix", [[_item(c) for c in r] for r in rows])
     if s[0] in "([" and s[-1] in ")]" and _matching(s, 0) == len(s) - 1:
         inner = split_top(s[1:-1])
         if len(inner) > 1:
@@ -277,6 +278,8 @@ def _real_set(x, in_union: bool = False):
         out = parts[0][1]
         for p in parts[1:]:
             out = [iv for a in out for b in p[1] for iv in [_intersect(a, b)] if iv is not None]
+            if len(out) > MAX_ITEMS:
+                return None
         return name, out
     return None
 

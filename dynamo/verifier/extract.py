@@ -12,10 +12,12 @@ _TURN_END_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|s
 _BOX_JOIN_RE = re.compile(r"(?:\s|\$|\\[()\[\]]|,|;|\\quad|\\qquad|\\text\s*\{\s*and\s*\}|(?<![A-Za-z])and(?![A-Za-z]))*")
 MAX_JOINED_BOXES = 16
 MAX_SCAN_CHARS = 4000  # the unboxed fallbacks read at most this much text around their anchor
+MAX_FALLBACK_CHARS = 20_000  # ... and look for anchors in at most this much of the end of the reply
 # Evaluation-only fallbacks, tried in order when there is no box (the last match in the text wins).
-_MINERVA_RE = re.compile(r"Final Answer: The final answer is (.+?)\. I hope it is correct", re.S)  # Minerva prompt format
-_ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.+?)(?:\.\s|\.?$|\n)", re.M)
-_HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*?)[ \t]*$", re.M)  # GSM8K: `#### 72`
+# Captures are bounded (an answer is at most MAX_ANSWER_CHARS anyway) so no pattern scans the whole text per try.
+_MINERVA_RE = re.compile(r"Final Answer: The final answer is (.{1,1000}?)\. I hope it is correct", re.S)  # Minerva format
+_ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.{1,1000}?)(?:\.\s|\.?$|\n)", re.M)
+_HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]{0,1000}?)[ \t]*$", re.M)  # GSM8K: `#### 72`
 # "Final Answer" anywhere; "Answer" (capital A) only where a line or sentence starts: "**Answer:** 5",
 # "### Final Answer", "Answer \\[ 9 \\]"; the word "answer" in prose is no anchor.
 _ANCHOR_RE = re.compile(
@@ -24,6 +26,9 @@ _ANCHOR_RE = re.compile(
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?", re.ASCII)
 _COPULA_RE = re.compile(r"(?<![A-Za-z])(?:is|are|was|were|equals|be)(?![A-Za-z])")
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+_CONCLUSION_RE = re.compile(
+    r"\W*(?:therefore|thus|so|hence|finally|overall|altogether|consequently|in (?:conclusion|total|summary|all))\b", re.I
+)
 _PUNCT = " \t\n.,;:!"
 
 
@@ -114,7 +119,7 @@ def math_spans(text: str) -> list[tuple[int, int, str]]:
         elif c == "$":
             display = text.startswith("$$", i)
             j = _closing_dollar(text, i + (2 if display else 1), display)
-            if j < 0:
+            if j < 0 or not display and _is_currency(text[i + 1 : j]):
                 i += 2 if display else 1
                 continue
             out.append((i, j + (2 if display else 1), text[i + (2 if display else 1) : j]))
@@ -122,6 +127,11 @@ def math_spans(text: str) -> list[tuple[int, int, str]]:
         else:
             i += 1
     return out
+
+
+def _is_currency(content: str) -> bool:
+    """`$2 each. So she makes $18`: a dollar sign before a number, then prose, is no math."""
+    return bool(re.match(r"\d", content) and re.search(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}", content))
 
 
 def _closing_dollar(text: str, i: int, display: bool) -> int:
@@ -173,8 +183,10 @@ def _masked(text: str, spans) -> str:
     return "".join(chars)
 
 
-def _from_sentence(text: str) -> str | None:
-    """The answer a sentence states: `... is <answer>`, else its last math, else its last number."""
+def _from_sentence(text: str, anchored: bool = False) -> str | None:
+    """The answer a sentence states: what follows its last `is`/`are` (math or a number), else its last
+    math, else a number: in a conclusion ("Therefore ... by 100%.") or after an anchor only, so that
+    "This took 3 steps." states nothing."""
     text = text.strip()
     spans = math_spans(text)
     masked = _masked(text, spans)
@@ -187,10 +199,10 @@ def _from_sentence(text: str) -> str | None:
     copulas = list(_COPULA_RE.finditer(masked))
     if copulas:
         tail = copulas[-1].end()
-        tail_spans = [sp for sp in spans if sp[0] >= tail]
-        if tail_spans:
-            return _strip_punct(tail_spans[-1][2])
+        span = next((sp for sp in spans if sp[0] >= tail), None)
         number = _NUMBER_RE.search(masked, tail)
+        if span and not (number and number.start() < span[0]):  # the first thing stated after `is`
+            return _strip_punct(span[2])
         if number:
             rest = _strip_punct(text[number.start() :])
             # a short tail keeps its unit ("120 cubic units") for the unit check; a long one gives the number
@@ -204,7 +216,7 @@ def _from_sentence(text: str) -> str | None:
         return None
     if len(text.split()) <= 3 and numbers[0].start() == 0:
         return _strip_punct(text)  # the whole reply is "28 percent"
-    return numbers[-1].group(0)
+    return numbers[-1].group(0) if anchored or _CONCLUSION_RE.match(text) else None
 
 
 def _drop_currency(text: str, masked: str) -> str:
@@ -227,7 +239,7 @@ def _after_anchor(text: str) -> str | None:
     line = body.split("\n", 1)[0]
     masked = _masked(line, math_spans(line))
     end = _SENTENCE_END_RE.search(masked)
-    return _from_sentence(line[: end.start()] if end else line)
+    return _from_sentence(line[: end.start()] if end else line, anchored=True)
 
 
 def _sentence_bounds(text: str, masked: str, spans) -> list[int]:
@@ -281,11 +293,11 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
     box = _final_box(response)
     answer = box[0] if box else None
     if fallbacks and box:
-        later = anchored_answer(response[box[1] :])
+        later = anchored_answer(response[box[1] :][-MAX_FALLBACK_CHARS:])
         if later and (re.search(r"\d", later) or math_spans(later) or "\\" in later):
             answer = later
     elif fallbacks:
-        answer = anchored_answer(response)
+        answer = anchored_answer(response[-MAX_FALLBACK_CHARS:])
         if answer is None:
             answer = _last_sentence(response)
     if answer is None or not answer.strip():
