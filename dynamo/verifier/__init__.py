@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from dynamo.verifier import pool as _pool
 from dynamo.verifier.extract import anchored_answer, extract_answer, final_boxed, reference_answer
-from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, normalize_with_unit
+from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, is_prose, normalize_with_unit
 
 __all__ = ["verify", "verify_batch", "extract_answer", "reference_answer", "VerifierStats", "stats", "reset_stats", "shutdown"]
 
@@ -96,6 +96,8 @@ def _prepare(response: str, reference, fallbacks: bool):
         _count(parse_failures=1)
         return False
     verdict = fast_compare(a, b)
+    if verdict is None and (is_prose(a) or is_prose(b)):
+        verdict = False  # an extracted sentence: no symbolic reading of prose
     if verdict is not None:
         _count(fast_path=1)
         return verdict

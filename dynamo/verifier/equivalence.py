@@ -6,6 +6,7 @@ shape and entry, relations up to a scalar factor (positive for inequalities), sc
 exact / decimal-precision rules (see normalize.numbers_equal), expressions in variables numerically at
 random points, with SymPy simplification as the last resort.
 """
+import functools
 import math
 import random
 import re
@@ -227,6 +228,7 @@ def _chain_interval(sides: list[str], ops: list[str]):
     return name, [(lo, hi, lo_closed, hi_closed, lo_text.strip(), hi_text.strip())]
 
 
+@functools.lru_cache(maxsize=4096)  # endpoints are compared many times when intervals are intersected
 def _key(e) -> float | None:
     """A float to order endpoints by (+-inf for infinities); None when e has no real value."""
     if e in (sympy.oo, -sympy.oo):

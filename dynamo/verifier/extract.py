@@ -12,12 +12,12 @@ _TURN_END_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|s
 _BOX_JOIN_RE = re.compile(r"(?:\s|\$|\\[()\[\]]|,|;|\\quad|\\qquad|\\text\s*\{\s*and\s*\}|(?<![A-Za-z])and(?![A-Za-z]))*")
 MAX_JOINED_BOXES = 16
 MAX_SCAN_CHARS = 4000  # the unboxed fallbacks read at most this much text around their anchor
-MAX_FALLBACK_CHARS = 20_000  # ... and look for anchors in at most this much of the end of the reply
+MAX_FALLBACK_CHARS = 10_000  # ... and look for anchors in at most this much of the end of the reply
 # Evaluation-only fallbacks, tried in order when there is no box (the last match in the text wins).
-# Captures are bounded (an answer is at most MAX_ANSWER_CHARS anyway) so no pattern scans the whole text per try.
-_MINERVA_RE = re.compile(r"Final Answer: The final answer is (.{1,1000}?)\. I hope it is correct", re.S)  # Minerva format
-_ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.{1,1000}?)(?:\.\s|\.?$|\n)", re.M)
-_HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]{0,1000}?)[ \t]*$", re.M)  # GSM8K: `#### 72`
+# Captures are bounded (400 characters: longer is no final answer) so no pattern scans the whole text per try.
+_MINERVA_RE = re.compile(r"Final Answer: The final answer is (.{1,400}?)\. I hope it is correct", re.S)  # Minerva format
+_ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(.{1,400}?)(?:\.\s|\.?$|\n)", re.M)
+_HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]{0,400}?)[ \t]*$", re.M)  # GSM8K: `#### 72`
 # "Final Answer" anywhere; "Answer" (capital A) only where a line or sentence starts: "**Answer:** 5",
 # "### Final Answer", "Answer \\[ 9 \\]"; the word "answer" in prose is no anchor.
 _ANCHOR_RE = re.compile(

@@ -195,6 +195,11 @@ def split_top(s: str, sep: str = ",") -> list[str]:
     return parts
 
 
+def is_prose(s: str) -> bool:
+    """Six or more words (not macro names): a sentence, which only an identical sentence can equal."""
+    return len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", s)) >= 6
+
+
 def _has_relation(s: str) -> bool:
     return len(split_top(s, "=")) > 1 or bool(re.search(r"\\(?:le|ge|ne|lt|gt|in)(?![A-Za-z])|[<>]", s))
 
