@@ -180,7 +180,8 @@ def main(argv: list[str]) -> None:
         # 3. verify each response against its own prompt's reference (joined by prompt_index, SPEC §8)
         pidx = ro.prompt_index  # (N,)
         v0 = verifier_stats()
-        correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
+        correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()],
+                                     fallbacks=cfg.reward.extraction == "fallbacks"))  # (N,)
         v_fail = [verifier_stats()[k] - v0[k] for k in ("parse_failures", "timeouts", "internal_errors")]
         rewards = correct.float() * 2 - 1  # (N,) +-1
         # every rank gets every response's own (prompt id, correct) pair, so all hold the same table

@@ -157,3 +157,20 @@ def test_units(text, expected):
                                  ("\\ hours", "hr"), ("cm^{2}", "sq cm")])
 def test_unit_spellings(a, b):
     assert canonical_unit(a) == canonical_unit(b)
+
+
+# ---------------------------------------------------------------------------
+# The training reward's extraction policy (reward.extraction; train.py passes it to reward.score)
+
+
+def test_reward_extraction_config():
+    from dynamo.config import ConfigError, load_config
+    from dynamo.reward import score
+
+    assert load_config([]).reward.extraction == "boxed"
+    cfg = load_config(["reward.extraction=fallbacks"])
+    responses = ["so $\\boxed{7}$.", "Thus the answer is 7."]
+    assert score(responses, ["7", "7"], fallbacks=cfg.reward.extraction == "fallbacks") == [True, True]
+    assert score(responses, ["7", "7"]) == [True, False]
+    with pytest.raises(ConfigError, match="reward.extraction"):
+        load_config(["reward.extraction=anything"])

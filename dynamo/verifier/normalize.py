@@ -47,6 +47,7 @@ _UNIT_ALIASES = {
     "degrees": "degree", "deg": "degree", "\\circ": "degree", "^\\circ": "degree",
 }
 _CONNECTIVE_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(and|or)(?![A-Za-z])\s*")
+_PLAIN_NUMBER_RE = re.compile(r"\s*[+-]?\d+(?:\.\d+)?\s*", re.ASCII)
 _THOUSANDS_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|boxed)\s*\{([^{}]*)\}")
 _BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?", re.ASCII)  # 2516_8, 4210_{5}: a numeral in another base
@@ -63,6 +64,8 @@ def normalize(s: str) -> str:
 def normalize_with_unit(s: str) -> tuple[str, str]:
     """(canonical text, canonical unit or ""): the unit is removed from the text but kept, so that a pair
     differing only by a unit on one side compares equal while `5 cm` and `5 m` do not."""
+    if _PLAIN_NUMBER_RE.fullmatch(s):
+        return s.strip(), ""  # nothing below changes a plain number: skip the regex passes (training path)
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
     if "\\\\" in s and not re.search(r"(?<!\\)\\[A-Za-z]", s):
         s = s.replace("\\\\", "\\")  # every backslash doubled (an escaped string): \\frac is \frac
