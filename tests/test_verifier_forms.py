@@ -1,9 +1,13 @@
 # python -m pytest -q tests/test_verifier_forms.py
 """Verifier recall by answer form (tests/verifier_cases.py, also the benchmark's recall table), and the
 pieces behind it: answer extraction without a box, math spans, units, thousands separators."""
+import glob
+import json
+import os
+
 import pytest
 
-from dynamo.verifier import extract_answer, verify, verify_batch
+from dynamo.verifier import extract_answer, reference_answer, verify, verify_batch
 from dynamo.verifier.extract import math_spans
 from dynamo.verifier.normalize import canonical_unit, normalize, normalize_with_unit
 from tests.verifier_cases import CASES
@@ -174,3 +178,29 @@ def test_reward_extraction_config():
     assert score(responses, ["7", "7"]) == [True, False]
     with pytest.raises(ConfigError, match="reward.extraction"):
         load_config(["reward.extraction=anything"])
+
+
+# ---------------------------------------------------------------------------
+# Every benchmark gold against itself in each ending (benchmark files are not part of the repository)
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "benchmarks")
+BENCHMARK_FILES = sorted(glob.glob(os.path.join(BENCHMARKS, "*", "test.jsonl")))
+
+
+@pytest.mark.skipif(not BENCHMARK_FILES, reason="benchmark files not found next to the repository")
+def test_benchmark_golds_in_every_ending():
+    golds = []
+    for path in BENCHMARK_FILES:
+        with open(path) as f:
+            golds += [reference_answer(json.loads(line)) for line in f if line.strip()]
+    endings = [
+        (lambda g: f"Adding up, the result is $\\boxed{{{g}}}$.", False),
+        (lambda g: f"Final Answer: The final answer is ${g}$. I hope it is correct.", True),
+        (lambda g: f"**Final Answer**\n\n$$\n{g}\n$$", True),
+    ]
+    for write, fallbacks in endings:
+        verdicts = verify_batch([(write(g), g) for g in golds], workers=2, fallbacks=fallbacks)
+        assert [g for g, ok in zip(golds, verdicts) if not ok] == [], write("GOLD")
+    big = [g for g in golds if g.isdigit() and len(g) >= 4]  # GSM8K and AIME-size integers with separators
+    pairs = [(f"$\\boxed{{{int(g):,}}}$".replace(",", "{,}"), g) for g in big]
+    assert all(verify_batch(pairs, workers=2))

@@ -1,7 +1,9 @@
 """Final-answer extraction from model outputs, and gold answers from benchmark rows.
 
-Formats follow ../shared/benchmarks/SOURCES.md: AIME/MATH `answer` strings, AMC float answers,
-GSM8K `#### <n>`, Minerva's last box in `solution`, OlympiadBench's `$`-wrapped `final_answer` list.
+Benchmark formats: AIME/MATH `answer` strings, AMC float answers, GSM8K `#### <n>`, Minerva's last box
+in `solution`, OlympiadBench's `$`-wrapped `final_answer` list. Model outputs: the box (both modes);
+in evaluation mode also unboxed endings (anchored phrases, the last sentence), read only from bounded
+windows of text so that no scan is quadratic in a long reply.
 """
 import re
 
@@ -141,9 +143,11 @@ def _closing_dollar(text: str, i: int, display: bool) -> int:
         if c == "\\":
             i += 2
         elif c == "$":
-            if display:
-                return i if text.startswith("$$", i) else -1
-            return -1 if text.startswith("$$", i) else i
+            if not display:
+                return -1 if text.startswith("$$", i) else i
+            if text.startswith("$$", i):
+                return i
+            i += 1  # a lone $ inside display math is a stray delimiter; the $$ pair still closes
         elif c == "\n" and not display:
             return -1
         else:
