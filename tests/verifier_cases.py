@@ -179,6 +179,9 @@ _ROWS = {
         ("neq-vs-union", box(r"x \neq 3"), r"(-\infty,3)\cup(3,\infty)", True),
         ("chains-or-vs-union", box(r"2 < x < 12 \text{ or } 12 < x < 102"), r"(2,12) \cup (12,102)", True),
         ("unboxed-member", "The solution set is $x \\in (-\\infty, 3)$.", "x<3", True),
+        ("and-vs-interval", box(r"x > 1 \text{ and } x < 3"), "(1,3)", True),
+        ("or-with-point", box(r"x < 0 \text{ or } x = 1"), r"(-\infty, 0) \cup \{1\}", True),
+        ("radical-chains-or", box(r"-\sqrt{11}<x<-2 \text{ or } \sqrt{11}<x<9"), r"(-\sqrt{11},-2)\cup (\sqrt{11},9)", True),
         ("closed-vs-open", box("(0,12.5]"), "0<x<12.5", False),
         ("open-vs-closed-ray", box("x<3"), r"(-\infty,3]", False),
         ("weak-vs-open-ray", box(r"x \le 3"), r"(-\infty,3)", False),
@@ -193,6 +196,9 @@ _ROWS = {
         ("mixed-chain", box("0 < x > 5"), "(0,5)", False),
         ("reversed-chain-vs-interval", box("5 < x < 0"), "(0,5)", False),
         ("union-vs-interval", box(r"(0,1) \cup (1,2)"), "0<x<2", False),
+        ("and-other-bound", box(r"x > 1 \text{ and } x < 3"), "(1,4)", False),
+        ("and-is-not-or", box(r"x < 1 \text{ and } x > 3"), r"(-\infty,1)\cup(3,\infty)", False),
+        ("or-with-other-point", box(r"x < 0 \text{ or } x = 2"), r"(-\infty, 0) \cup \{1\}", False),
     ],
     # 5. Matrices: environments, array in \left[ \right], inline math, extra parentheses, fractions
     "matrices": [

@@ -211,8 +211,10 @@ def align_sides(resp: str, ref: str) -> tuple[str, str]:
     """`x = 3` against `3`: drop a definition's left side where the other answer has none, element-wise."""
     resp_parts, ref_parts = split_top(resp), split_top(ref)
     if not any(_has_relation(p) for p in ref_parts):
-        # The reference is a bare value: keep what follows the last `=` / `\in` of each response element.
-        resp_parts = [re.split(r"=|\\in(?![A-Za-z])", p)[-1] for p in resp_parts]
+        # The reference is a bare value: keep what follows the last `=` / `\in` of each response element,
+        # unless they describe a set of reals together (`x < 0 or x = 1` is a union with the point 1).
+        if not any(re.search(r"\\(?:le|ge|ne)(?![A-Za-z])|[<>]", p) for p in resp_parts):
+            resp_parts = [re.split(r"=|\\in(?![A-Za-z])", p)[-1] for p in resp_parts]
     elif not any(_has_relation(p) for p in resp_parts):
         # The reference defines a name (k=2n-1, f(x)=2x, y = 2x+3): compare its right side.
         new = []
