@@ -271,6 +271,7 @@ _ROWS = {
         ("variable-is-not-a-unit", box("5x"), "5", False),
         ("hours-vs-minutes", box(r"3 \text{ hours}"), r"3 \text{ minutes}", False),
         ("inches-vs-feet", box("12 inches"), "12 feet", False),
+        ("upright-e-is-not-a-unit", box(r"2\mathrm{e}"), "2", False),
     ],
     # 7. Other forms: \cfrac, the empty set, assignment tuples, several boxes in the final line
     "other": [

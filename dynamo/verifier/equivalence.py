@@ -69,7 +69,7 @@ def _expand_pm(s: str) -> list[str]:
 def parse_answer(s: str):
     """Structure of an answer: ('set', items) | ('seq', open, close, items) | ('union', parts) |
     ('matrix', rows) | ('rel', op, lhs - rhs, interval) | ('chain', interval) | ('and', items) |
-    ('expr', sympy, text). `interval` is the relation as a set of reals, see _interval_of."""
+    ('expr', sympy, text). `interval` is the relation as a set of reals (see _real_set) or None."""
     check_bounds(s)
     parts = split_top(s)
     if len(parts) > MAX_ITEMS:
@@ -176,8 +176,11 @@ def _linear(e):
         return None
     v, t = atoms.pop(), sympy.Dummy("t")
     et = e.xreplace({v: t})
-    a = sympy.diff(et, t)
-    b = et.xreplace({t: sympy.S.Zero})
+    try:
+        a = sympy.diff(et, t)
+        b = et.xreplace({t: sympy.S.Zero})
+    except (ArithmeticError, ValueError, TypeError, AttributeError, NotImplementedError):
+        return None
     if a.free_symbols or b.free_symbols:
         return None  # not linear (x^2 < 4), or a second variable
     va, vb = _value(a), _value(b)

@@ -31,7 +31,7 @@ _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 _CONCLUSION_RE = re.compile(
     r"\W*(?:therefore|thus|so|hence|finally|overall|altogether|consequently|in (?:conclusion|total|summary|all))\b", re.I
 )
-_PUNCT = " \t\n.,;:!"
+_PUNCT = " \t\n.,;:"
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -298,7 +298,7 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
     answer = box[0] if box else None
     if fallbacks and box:
         later = anchored_answer(response[box[1] :][-MAX_FALLBACK_CHARS:])
-        if later and (re.search(r"\d", later) or math_spans(later) or "\\" in later):
+        if later and re.search(r"[\d\\]", later):  # "Hence the answer is correct." does not replace the box
             answer = later
     elif fallbacks:
         answer = anchored_answer(response[-MAX_FALLBACK_CHARS:])

@@ -67,8 +67,8 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
     if _PLAIN_NUMBER_RE.fullmatch(s):
         return s.strip(), ""  # nothing below changes a plain number: skip the regex passes (training path)
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
-    if "\\\\" in s and not re.search(r"(?<!\\)\\[A-Za-z]", s):
-        s = s.replace("\\\\", "\\")  # every backslash doubled (an escaped string): \\frac is \frac
+    if re.search(r"(?<!\\)\\\\[A-Za-z]", s) and not re.search(r"(?<!\\)\\[A-Za-z]", s):
+        s = s.replace("\\\\", "\\")  # every macro's backslash doubled (an escaped string): \\frac is \frac
     s = s.replace("\\$", "").replace("$", "")
     # Thousands separators: 10,\!080 and 12{,}000 always; a plain comma only in one lone number (below)
     s = re.sub(r"(\d)\s*(?:,\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))", r"\1", s)
@@ -144,8 +144,8 @@ def _strip_units(s: str) -> tuple[str, list[str]]:
             m = _BARE_UNIT_RE.search(s)
             unit = m.group(1) if m else ""
         rest = s[: m.start()].rstrip() if m else ""
-        if not m or not re.search(r"[0-9A-Za-z}]", rest):
-            return s, units[::-1]
+        if not m or not re.search(r"[0-9A-Za-z}]", rest) or canonical_unit(unit) in ("e", "i"):
+            return s, units[::-1]  # (2\mathrm{e} is twice Euler's number, not 2 of a unit "e")
         units.append(canonical_unit(unit))
         s = re.sub(r"(?:/|\\cdot|\\,)\s*$", "", rest).rstrip()
 
