@@ -99,6 +99,9 @@ def _item(s: str):
         raise ParseError("empty item")
     if s.startswith("\\{") and _matching(s, 0) == len(s) - 1:
         inner = s[2:-2]
+        builder = re.fullmatch(r"([A-Za-z])(?:\\mid|\||:)(.+)", inner)
+        if builder and re.search(r"\\(?:le|ge|ne)(?![A-Za-z])|[<>]", builder.group(2)):
+            return _item(builder.group(2))  # \{x \mid x < 3\} is the set x < 3 describes
         return ("set", _flatten([_item(p) for p in split_top(inner)]) if inner else [])
     member = split_top(s, "\\in")
     if len(member) == 2 and re.fullmatch(r"[A-Za-z]", member[0]):  # x \in [-2,7] is the set [-2,7]

@@ -23,7 +23,7 @@ _HASHES_RE = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]{0,400}?)[ \t]*$", re.M)  # G
 # "Final Answer" anywhere; "Answer" (capital A) only where a line or sentence starts: "**Answer:** 5",
 # "### Final Answer", "Answer \\[ 9 \\]"; the word "answer" in prose is no anchor.
 _ANCHOR_RE = re.compile(
-    r"(?:[Ff]inal\s+[Aa]nswer|FINAL ANSWER|(?:^|(?<=\n)|(?<=[.!?:]\s))[ \t>#*]*Answer)(?![A-Za-z])[ \t*]*:?[ \t*]*"
+    r"(?:[Ff]inal\s+[Aa]nswer|FINAL ANSWER|(?:^|(?<=\n)|(?<=[.!?:]\s))[ \t>#*]*(?:Answer|ANSWER))(?![A-Za-z])[ \t*]*:?[ \t*]*"
 )
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?", re.ASCII)
 _COPULA_RE = re.compile(r"(?<![A-Za-z])(?:is|are|was|were|equals|be)(?![A-Za-z])")

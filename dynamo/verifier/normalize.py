@@ -17,6 +17,7 @@ _UNICODE = {
     "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u00b0": r"^\circ ",
     "\u221a": r"\sqrt ", "\u00b1": r"\pm ", "\u222a": r"\cup ", "\u00a0": " ", "\uff05": "%", "\uff0c": ",",
     "\u2260": r"\ne ", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
+    "\u2a7d": r"\le ", "\u2a7e": r"\ge ", "\u211d": r"\mathbb{R}",
     "\u20ac": "", "\u00a3": "",  # euro and pound signs, like \$, are presentation
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
@@ -79,6 +80,7 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
     s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
     s = _relations(s)
     s = re.sub(r"\\(?:emptyset|varnothing)(?![A-Za-z])|\\\{\s*\\\}", r"\\{\\}", s)  # one spelling of the empty set
+    s = re.sub(r"\\mathbb\s*(?:\{\s*R\s*\}|R(?![A-Za-z]))", r"(-\\infty,\\infty)", s)  # x \in \mathbb{R}: every real
     s = re.sub(r"\\begin\{array\}\s*\{[^{}]*\}", r"\\begin{matrix}", s).replace("\\end{array}", "\\end{matrix}")
     s = re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)  # y^{\prime} is y'
     units = []
@@ -88,9 +90,13 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
         s, units = s.replace("\\%", "").replace("%", ""), units + ["%"]
     s, trailing = _strip_units(s.strip())
     units += trailing
+    unwrapped = s
     prev = None
-    while prev != s:  # unwrap \text{...} and friends, innermost first
-        prev, s = s, _TEXT_WRAP_RE.sub(lambda m: m.group(1), s)
+    while prev != unwrapped:  # unwrap \text{...} and friends, innermost first
+        prev, unwrapped = unwrapped, _TEXT_WRAP_RE.sub(lambda m: m.group(1), unwrapped)
+    if unwrapped != s:  # \text{5 cm}: a unit may have been inside the text
+        s, trailing = _strip_units(unwrapped.strip())
+        units += trailing
     if re.search(r"[\d<>=]|\\[lgn]e(?![A-Za-z])", s):  # "6 and 8", "x < 2 or x > 3"; not "black and white"
         s = _CONNECTIVE_RE.sub(lambda m: "," if m.group(1) == "or" or "," in m.group(0) else r" \land ", s)
     s = re.sub(r"\s+", " ", s).strip()
@@ -126,7 +132,7 @@ def _closing_brace(s: str) -> int:
 def _relations(s: str) -> str:
     """One spelling per relation: \\le, \\ge, \\ne, <, > (from \\leq, \\leqslant, <=, \\neq, !=, \\lt, ...)."""
     s = s.replace("<=", "\\le ").replace(">=", "\\ge ")
-    s = re.sub(r"(?<![\d)!])!=", r"\\ne ", s)  # x != 3; but 5!=120 is a factorial
+    s = re.sub(r"(?<![\d)!])!=|\\not\s*=", r"\\ne ", s)  # x != 3, x \not= 3; but 5!=120 is a factorial
     s = re.sub(r"\\(?:leq|leqslant|leqq|le)(?![A-Za-z])", r"\\le ", s)
     s = re.sub(r"\\(?:geq|geqslant|geqq|ge)(?![A-Za-z])", r"\\ge ", s)
     s = re.sub(r"\\(?:neq|ne)(?![A-Za-z])", r"\\ne ", s)
