@@ -49,6 +49,7 @@ EXTRACT_FALLBACKS = [
     ("currency-pair-is-no-math", "It costs $2 each. So she pays $18 in total.", "18"),
     ("after-box-anchor", "$\\boxed{255}$ ... Final Answer: The final answer is $10,455$. I hope it is correct.", "10,455"),
     ("after-box-wordy", "So $x = \\boxed{5}$. Hence the answer is correct.", "5"),
+    ("after-box-words-with-number", "So $x = \\boxed{5}$.\n\nThe answer is 5 apples.", "5"),
     ("inline-across-lines", "Answer $ \n 9 \n $", None),
     ("cut-off", "We get 3 + 4 = 7 and then multiply by", None),
     ("no-conclusion", "So $x = 12$. This took 3 steps.", None),

@@ -7,6 +7,8 @@ windows of text so that no scan is quadratic in a long reply.
 """
 import re
 
+from dynamo.verifier.normalize import ends_in_unit_word
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # The model's turn ends at a chat-template token; anything after it is a hallucinated next turn.
 _TURN_END_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|start_header_id)\|>")
@@ -169,7 +171,7 @@ def _unwrap(answer: str) -> str:
     answer = answer.strip().strip("*").strip()
     spans = math_spans(answer)
     if not spans or spans[0][0] != 0:
-        return _strip_punct(answer)
+        return _counted_noun(_strip_punct(answer))
     contents, end = [spans[0][2]], spans[0][1]
     for start, stop, content in spans[1:]:
         if answer[end:start].strip():
@@ -177,6 +179,12 @@ def _unwrap(answer: str) -> str:
         contents.append(content)
         end = stop
     return _strip_punct(" ".join(contents))
+
+
+def _counted_noun(answer: str) -> str:
+    """"18 eggs" states 18; a unit ("18 dollars", "5 cm") stays for the unit check."""
+    m = re.fullmatch(r"([-+]?\$?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z]{2,}(?:\s+[A-Za-z]{2,}){0,2}", answer)
+    return m.group(1) if m and not ends_in_unit_word(answer) else answer
 
 
 def _masked(text: str, spans) -> str:
@@ -298,7 +306,8 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
     answer = box[0] if box else None
     if fallbacks and box:
         later = anchored_answer(response[box[1] :][-MAX_FALLBACK_CHARS:])
-        if later and re.search(r"[\d\\]", later):  # "Hence the answer is correct." does not replace the box
+        # Only a stated value replaces the box: not "the answer is correct", not "the answer is 5 apples".
+        if later and re.search(r"[\d\\]", later) and not re.search(r"(?<![\\A-Za-z])[A-Za-z]{3,}", later):
             answer = later
     elif fallbacks:
         answer = anchored_answer(response[-MAX_FALLBACK_CHARS:])

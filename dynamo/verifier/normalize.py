@@ -140,6 +140,11 @@ def _relations(s: str) -> str:
     return re.sub(r"\\gt(?![A-Za-z])", ">", s)
 
 
+def ends_in_unit_word(s: str) -> bool:
+    """`5 cm`, `28 percent`: the text ends in one of the unit words."""
+    return _BARE_UNIT_RE.search(s) is not None
+
+
 def _strip_units(s: str) -> tuple[str, list[str]]:
     """Strip trailing units (\\text{ cm}^2, `miles`) while something that is not the unit is left."""
     units = []
