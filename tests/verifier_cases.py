@@ -111,6 +111,9 @@ _ROWS = {
         ("conclusion-number", "Therefore, the minimum error in the position increases by 100%.", r"100\%", True),
         ("conclusion-currency", "She sells 9 eggs at $2 each. So she makes $18 every day.", "18", True),
         ("bare-latex-reply", r"\frac{10}{9}", "10/9", True),
+        ("copula-counted-noun", "Therefore, there are 120 ways.", "120", True),
+        ("sentence-ends-in-result", "Adding these gives 3 + 4 = 7.", "7", True),
+        ("currency-total", "The total cost is $18.", "18", True),
         ("anchor-after-box-wins", "... $0.05 \\cdot 10,200 \\cdot \\frac{1}{2} = \\boxed{255}$ So she has $10,200 + $255 = "
          "$10,455. Final Answer: The final answer is $10,455$. I hope it is correct.", "10455", True),
         ("anchor-after-box-not-box", "... $0.05 \\cdot 10,200 \\cdot \\frac{1}{2} = \\boxed{255}$ So she has $10,200 + "
@@ -118,6 +121,11 @@ _ROWS = {
         ("box-then-wordy-answer-is", "So $x = \\boxed{5}$. Hence the answer is correct.", "5", True),
         ("first-thing-after-copula", "The value of $x$ is 5 when $y = 7$.", "7", False),
         ("no-conclusion-no-number", "So $x = 12$. This took 3 steps.", "3", False),
+        ("conclusion-two-numbers", "In total 15 apples; 3 were eaten.", "3", False),
+        ("two-maths-in-sentence", "Thus $x = 4$, not $5$.", "5", False),
+        ("answer-is-not", "The answer is not 5. It is 6.", "5", False),
+        ("result-not-operand", "Adding these gives 5 + 2 = 7.", "5", False),
+        ("display-math-mid-sentence", "We get $$ 12 $$ is larger than 5.", "5", False),
         ("cut-off-mid-sentence", "We get 3 + 4 = 7 and then multiply by", "7", False),
     ],
     # 3. Relations: macros, ASCII forms, sides swapped, both sides negated

@@ -28,7 +28,11 @@ _ANCHOR_RE = re.compile(
     r"(?:[Ff]inal\s+[Aa]nswer|FINAL ANSWER|(?:^|(?<=\n)|(?<=[.!?:]\s))[ \t>#*]*(?:Answer|ANSWER))(?![A-Za-z])[ \t*]*:?[ \t*]*"
 )
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?", re.ASCII)
-_COPULA_RE = re.compile(r"(?<![A-Za-z])(?:is|are|was|were|equals|be)(?![A-Za-z])")
+# "x is 5" states 5; "x is larger than 5", "x is not 5" do not
+_COPULA_RE = re.compile(
+    r"(?<![A-Za-z])(?:is|are|was|were|equals|be)(?![A-Za-z])(?!\s+(?:not|no|never|larger|greater|less|smaller|more|"
+    r"fewer|bigger|higher|lower|at\s+(?:least|most)|divisible|than)\b)"
+)
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 _CONCLUSION_RE = re.compile(
     r"\W*(?:therefore|thus|so|hence|finally|overall|altogether|consequently|in (?:conclusion|total|summary|all))\b", re.I
@@ -196,9 +200,9 @@ def _masked(text: str, spans) -> str:
 
 
 def _from_sentence(text: str, anchored: bool = False) -> str | None:
-    """The answer a sentence states: what follows its last `is`/`are` (math or a number), else its last
-    math, else a number: in a conclusion ("Therefore ... by 100%.") or after an anchor only, so that
-    "This took 3 steps." states nothing."""
+    """The answer a sentence states: what follows its last `is`/`are` (math or a number), else its only
+    math, else its only number, in a conclusion ("Therefore ... by 100%.") or after an anchor only, so
+    that "This took 3 steps." states nothing."""
     text = text.strip()
     spans = math_spans(text)
     masked = _masked(text, spans)
@@ -217,10 +221,12 @@ def _from_sentence(text: str, anchored: bool = False) -> str | None:
             return _strip_punct(span[2])
         if number:
             rest = _strip_punct(text[number.start() :])
-            # a short tail keeps its unit ("120 cubic units") for the unit check; a long one gives the number
-            return rest if len(rest.split()) <= 3 else number.group(0)
+            # a short tail keeps a unit ("120 cubic units") for the unit check; a long one gives the number
+            return _counted_noun(rest) if len(rest.split()) <= 3 else number.group(0)
+    if len(spans) > 1:
+        return None  # "Thus $x = 4$, not $5$.": which math is the answer is a guess
     if spans:
-        return _strip_punct(spans[-1][2])
+        return _strip_punct(spans[0][2])
     if not re.search(r"(?<![\\A-Za-z])[A-Za-z]{2,}", text):
         return _strip_punct(text) or None  # bare LaTeX without delimiters: "\\frac{10}{9}", "x \\geq 5"
     numbers = list(_NUMBER_RE.finditer(masked))
@@ -228,7 +234,11 @@ def _from_sentence(text: str, anchored: bool = False) -> str | None:
         return None
     if len(text.split()) <= 3 and numbers[0].start() == 0:
         return _strip_punct(text)  # the whole reply is "28 percent"
-    return numbers[-1].group(0) if anchored or _CONCLUSION_RE.match(text) else None
+    if numbers[-1].start() > masked.rfind("=") >= 0:  # "So 9 * 2 = 18 eggs." ends in its result
+        return numbers[-1].group(0)
+    if len(numbers) > 1:
+        return None  # "In total 12 apples; 3 were eaten.": which number is the answer is a guess
+    return numbers[0].group(0) if anchored or _CONCLUSION_RE.match(text) else None
 
 
 def _drop_currency(text: str, masked: str) -> str:
@@ -255,10 +265,13 @@ def _after_anchor(text: str) -> str | None:
 
 
 def _sentence_bounds(text: str, masked: str, spans) -> list[int]:
-    """Sentence ends: . ! ? before a space or a line break outside math, and the end of display math or
-    of math ending in a period (`$$\\frac{2}{1}.$$ Therefore ...`)."""
+    """Sentence ends: . ! ? before a space or a line break outside math, the end of math ending in one
+    (`$$\\frac{2}{1}.$$`), and display math followed by a capital (`$$...$$ Therefore`)."""
     ends = {m.end() for m in _SENTENCE_END_RE.finditer(masked)}
-    ends |= {e for s, e, content in spans if text.startswith(("$$", "\\["), s) or content.rstrip()[-1:] in ".!?"}
+    for s, e, content in spans:
+        after = text[e:].lstrip(" \t")[:1]
+        if content.rstrip()[-1:] in (".", "!", "?") or text.startswith(("$$", "\\["), s) and after.isupper():
+            ends.add(e)
     return sorted(ends)
 
 
