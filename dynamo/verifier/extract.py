@@ -212,23 +212,37 @@ def _from_sentence(text: str, anchored: bool = False) -> str | None:
         masked = _masked(text, spans)
     if "$" in masked or "\\(" in masked or "\\[" in masked:
         return None  # unpaired math delimiters: the sentence cannot be read reliably
-    copulas = list(_COPULA_RE.finditer(masked))
-    if copulas:
-        tail = copulas[-1].end()
-        span = next((sp for sp in spans if sp[0] >= tail), None)
-        number = _NUMBER_RE.search(masked, tail)
-        if span and not (number and number.start() < span[0]):  # the first thing stated after `is`
-            return _strip_punct(span[2])
-        if number:
-            rest = _strip_punct(text[number.start() :])
-            # a short tail keeps a unit ("120 cubic units") for the unit check; a long one gives the number
-            return _counted_noun(rest) if len(rest.split()) <= 3 else number.group(0)
+    stated = _after_copula(text, masked, spans)
+    if stated is not None:
+        return stated
     if len(spans) > 1:
         return None  # "Thus $x = 4$, not $5$.": which math is the answer is a guess
     if spans:
         return _strip_punct(spans[0][2])
     if not re.search(r"(?<![\\A-Za-z])[A-Za-z]{2,}", text):
         return _strip_punct(text) or None  # bare LaTeX without delimiters: "\\frac{10}{9}", "x \\geq 5"
+    return _stated_number(text, masked, anchored)
+
+
+def _after_copula(text: str, masked: str, spans) -> str | None:
+    """The first math or number after the sentence's last `is`/`are`/`equals`, or None."""
+    copulas = list(_COPULA_RE.finditer(masked))
+    if not copulas:
+        return None
+    tail = copulas[-1].end()
+    span = next((sp for sp in spans if sp[0] >= tail), None)
+    number = _NUMBER_RE.search(masked, tail)
+    if span and not (number and number.start() < span[0]):
+        return _strip_punct(span[2])
+    if not number:
+        return None
+    rest = _strip_punct(text[number.start() :])
+    # a short tail keeps a unit ("120 cubic units") for the unit check; a long one gives the number
+    return _counted_noun(rest) if len(rest.split()) <= 3 else number.group(0)
+
+
+def _stated_number(text: str, masked: str, anchored: bool) -> str | None:
+    """The number a prose sentence without math states, when that is not a guess."""
     numbers = list(_NUMBER_RE.finditer(masked))
     if not numbers:
         return None
