@@ -2,7 +2,8 @@
 
 The reference's form decides the test: bare comma lists and \\{...\\} are unordered sets, bracketed
 tuples and intervals are ordered with their brackets, \\cup unions are unordered, matrices compare by
-shape and entry, relations up to a scalar factor (positive for inequalities), scalars by
+shape and entry, relations up to a scalar factor (positive for inequalities), an inequality in one
+variable against interval notation (or another inequality form) as a set of reals, scalars by
 exact / decimal-precision rules (see normalize.numbers_equal), expressions in variables numerically at
 random points, with SymPy simplification as the last resort.
 """
