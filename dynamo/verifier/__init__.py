@@ -69,7 +69,7 @@ def _reference_text(reference) -> str | None:
         ref = ref.rsplit("####", 1)[1].replace(",", "")
     elif "\\boxed" in ref or "\\fbox" in ref:
         ref = final_boxed(ref)
-    else:  # a worked text ending "Final Answer: The final answer is $28\%$. I hope it is correct."
+    elif "nswer" in ref or "NSWER" in ref:  # a worked text: "... Final Answer: The final answer is $28\%$."
         ref = anchored_answer(ref) or ref
     return ref.strip() if ref and ref.strip() else None
 

@@ -60,13 +60,14 @@ def _braced(text: str, start: int) -> str | None:
 
 def _box_at(text: str, i: int) -> tuple[str, int] | None:
     """(content, end) of the box whose macro ends at text[i]; None when unbalanced or empty."""
-    rest = text[i:].lstrip()
-    j = len(text) - len(rest)
-    if rest.startswith("{"):
+    j = i
+    while j < len(text) and text[j].isspace():
+        j += 1
+    if text.startswith("{", j):
         content = _braced(text, j)
         return None if content is None else (content, j + len(content) + 2)
-    m = re.match(r"[^\s$]+", rest) if text[i : i + 1].isspace() else None  # `\boxed 5$`
-    return (m.group(0), j + m.end()) if m else None
+    m = re.compile(r"[^\s$]+").match(text, j) if j > i else None  # `\boxed 5$`
+    return (m.group(0), m.end()) if m else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -328,7 +329,8 @@ def extract_answer(response: str, fallbacks: bool = False) -> str | None:
         response = response.rsplit("</think>", 1)[1]  # only the text after reasoning counts
     elif "<think>" in response:
         return None  # reasoning never finished: there is no answer to grade
-    response = _TURN_END_RE.split(response, 1)[0]
+    if "<|" in response:
+        response = _TURN_END_RE.split(response, 1)[0]
     box = _final_box(response)
     answer = box[0] if box else None
     if fallbacks and box:
