@@ -179,7 +179,8 @@ def main(argv: list[str]) -> None:
         #    update the statistics: every rank gets every response's own (prompt id, correct) pair
         pidx = ro.prompt_index  # (N,)
         v0 = verifier_stats()
-        correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()]))  # (N,)
+        correct = torch.tensor(score(texts, [problems[i].answer for i in pidx.tolist()],
+                                     fallbacks=cfg.reward.extraction == "fallbacks"))  # (N,)
         v1 = verifier_stats()
         rewards = correct.float() * 2 - 1  # (N,) +-1
         gather = StepGather(counts=counts, pass_rates=[prompt_stats.pass_rate(i) for i in ids],

@@ -75,6 +75,11 @@ class OptimConfig:
 
 
 @dataclass
+class RewardConfig:
+    extraction: str = "boxed"  # reward reads 'boxed' answers (as prompted) or also unboxed endings ('fallbacks')
+
+
+@dataclass
 class ParallelConfig:
     """Runs under torchrun (several processes, or one): how the policy is split over the ranks."""
     fsdp: bool = True  # FSDP2: shard parameters, gradients and AdamW state over ranks (false: full replicas)
@@ -133,6 +138,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
@@ -152,6 +158,7 @@ CHOICES = {
     "allocator.rule": ("official", "water_level"),
     "allocator.refresh": ("epoch", "step"),
     "loss.aggregation": ("token_mean", "prompt_mean"),
+    "reward.extraction": ("boxed", "fallbacks"),
     "modulation.estimate": ("head", "exact", "v0"),
     "modulation.scope": ("micro_batch", "step"),
     "parallel.mixed_precision": ("auto", "bf16", "fp32"),

@@ -312,9 +312,9 @@ def test_extract(response, expected):
 
 
 FALLBACKS = [
-    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "$\\frac{1}{2}$"),
+    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
     ("Thus the answer is 42.", "42"),
-    ("So the final answer is $3\\sqrt{2}$.\n", "$3\\sqrt{2}$"),
+    ("So the final answer is $3\\sqrt{2}$.\n", "3\\sqrt{2}"),
     ("**Answer:** 17", "17"),
     ("Answer: 3/4", "3/4"),
     ("The answer is 7. Later: the answer is 8.", "8"),

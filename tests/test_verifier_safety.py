@@ -95,6 +95,59 @@ def test_adversarial_not_equal_fast(response):
     assert not os.path.exists("/tmp/verifier_pwned")
 
 
+# The answer forms and unboxed fallbacks: sizes, nesting and repetition that could make a scan or a parse slow.
+ADVERSARIAL_FORMS = [
+    "\\boxed{\\begin{bmatrix}" + "1&" * 20000 + "1\\end{bmatrix}}",
+    "\\boxed{\\left[\\begin{array}{" + "c" * 400 + "}" + "1&" * 299 + "1\\end{array}\\right]}",
+    "\\boxed{\\begin{pmatrix}" + "1\\\\" * 300 + "\\end{pmatrix}}",
+    "\\boxed{" + "(" * 30 + "\\begin{pmatrix}1\\end{pmatrix}" + ")" * 30 + "}",
+    "\\boxed{" + "x<" * 5000 + "1}",
+    "\\boxed{" + "x<" * 400 + "1}",
+    "\\boxed{0<" + "(" * 39 + "x" + ")" * 39 + "<1}",
+    "\\boxed{" + "\\cup".join(["(0,1)"] * 5000) + "}",
+    "\\boxed{" + "\\cup".join(["(0,1)"] * 150) + "}",
+    "\\boxed{" + " or ".join(["x<1"] * 3000) + "}",
+    "\\boxed{" + " and ".join(["x \\ne %d" % k for k in range(60)]) + "}",
+    "\\boxed{x \\ne " + "1" * 400 + "}",
+    "\\boxed{x < 10^{10^{10}}}",
+    "\\boxed{0 < x < 2^{2^{2^{2^{2}}}}}",
+    "\\boxed{x^{10^{4}} < 1}",
+    "\\boxed{1" + "{,}000" * 20000 + "}",
+    "\\boxed{1" + ",\\!000" * 150 + "}",
+    "\\boxed{5" + "\\text{ cm}" * 5000 + "}",
+    "\\boxed{5" + " cm" * 300 + "}",
+    "\\boxed{x" + "\\approx 1" * 5000 + "}",
+    "\\boxed{(p,q)" + "=(1,2)" * 3000 + "}",
+    "\\boxed{" + "\\\\frac" * 5000 + "}",
+    "\\boxed{" + "{" * 39 + "1,3" + "}" * 39 + "}",
+    "\\boxed{1} and " * 20000,
+    "Answer " + "$" * 100000,
+    "Answer: " + "$1$ " * 30000,
+    "Final Answer: " + "9 " * 50000,
+    "Final Answer: The final answer is " * 5000,
+    "The answer is " * 20000,
+    "#### " * 20000 + "1" + " " * 50000 + "x",
+    "$" + "x" * 100000 + "$",
+    "\\(" * 50000,
+    "\\[" * 50000 + "1",
+    "$$" * 50000,
+    "Therefore " + "1 " * 50000 + ".",
+    "<|im_start|>" * 10000,
+    "$2 and then " * 20000,
+]
+
+
+@pytest.mark.parametrize("response", ADVERSARIAL_FORMS, ids=range(len(ADVERSARIAL_FORMS)))
+def test_adversarial_forms_not_equal_fast(response):
+    before = stats()
+    t0 = time.monotonic()
+    golds = ["5", "(-\\infty, 3)", "x < 3", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", "12000", "1, 2"]
+    assert verify_batch([(response, g) for g in golds], fallbacks=True) == [False] * len(golds)
+    assert verify_batch([(response, g) for g in golds]) == [False] * len(golds)
+    assert time.monotonic() - t0 < 2.0
+    assert stats()["internal_errors"] == before["internal_errors"]
+
+
 @pytest.mark.parametrize("reference", ["", "\\boxed{", "10^{10^{10}}", "#### ", "9" * 5000, None, 1e308, float("nan")])
 def test_adversarial_references(reference):
     t0 = time.monotonic()

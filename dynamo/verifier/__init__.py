@@ -14,8 +14,8 @@ import threading
 from dataclasses import asdict, dataclass
 
 from dynamo.verifier import pool as _pool
-from dynamo.verifier.extract import extract_answer, last_boxed, reference_answer
-from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, normalize
+from dynamo.verifier.extract import anchored_answer, extract_answer, final_boxed, reference_answer
+from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, is_prose, normalize_with_unit
 
 __all__ = ["verify", "verify_batch", "extract_answer", "reference_answer", "VerifierStats", "stats", "reset_stats", "shutdown"]
 
@@ -68,7 +68,9 @@ def _reference_text(reference) -> str | None:
     if "####" in ref:
         ref = ref.rsplit("####", 1)[1].replace(",", "")
     elif "\\boxed" in ref or "\\fbox" in ref:
-        ref = last_boxed(ref)
+        ref = final_boxed(ref)
+    elif "nswer" in ref or "NSWER" in ref:  # a worked text: "... Final Answer: The final answer is $28\%$."
+        ref = anchored_answer(ref) or ref
     return ref.strip() if ref and ref.strip() else None
 
 
@@ -85,11 +87,17 @@ def _prepare(response: str, reference, fallbacks: bool):
     if len(answer) > MAX_ANSWER_CHARS or len(ref) > MAX_ANSWER_CHARS:
         _count(rejected=1)
         return False
-    a, b = align_sides(normalize(answer), normalize(ref))
+    (a, unit_a), (b, unit_b) = normalize_with_unit(answer), normalize_with_unit(ref)
+    if unit_a and unit_b and unit_a != unit_b:  # 5 cm is not 5 m; a unit on one side only is presentation
+        _count(fast_path=1)
+        return False
+    a, b = align_sides(a, b)
     if not a or not b:
         _count(parse_failures=1)
         return False
     verdict = fast_compare(a, b)
+    if verdict is None and (is_prose(a) or is_prose(b)):
+        verdict = False  # an extracted sentence: no symbolic reading of prose
     if verdict is not None:
         _count(fast_path=1)
         return verdict

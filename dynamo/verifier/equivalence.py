@@ -2,16 +2,20 @@
 
 The reference's form decides the test: bare comma lists and \\{...\\} are unordered sets, bracketed
 tuples and intervals are ordered with their brackets, \\cup unions are unordered, matrices compare by
-shape and entry, relations up to a scalar factor (positive for inequalities), scalars by
+shape and entry, relations up to a scalar factor (positive for inequalities), an inequality in one
+variable against interval notation (or another inequality form) as a set of reals, scalars by
 exact / decimal-precision rules (see normalize.numbers_equal), expressions in variables numerically at
 random points, with SymPy simplification as the last resort.
 """
+import functools
+import math
 import random
 import re
 from fractions import Fraction
 
 import sympy
 from sympy.core.evalf import PrecisionExhausted
+from sympy.core.function import AppliedUndef
 
 from dynamo.verifier.latex import ParseError, check_bounds, to_sympy
 from dynamo.verifier.normalize import (HIGH_PRECISION_DIGITS, match_unordered, numbers_equal, parse_number,
@@ -23,8 +27,10 @@ EXACT_DIGITS = 50  # working precision when a decimal is involved (exact pairs a
 REL_TOL_DECIMAL_TERMINATING = sympy.Float("1e-25")  # 0.25 vs 2^{-2}: exact up to the Float's digits
 REL_TOL_DECIMAL_RESPONSE = 1e-6  # a decimal response against an exact non-terminating reference
 REL_TOL_DECIMAL_REFERENCE = 1e-4  # an expression reference containing decimals (rounded constants)
-_RELATIONS = [("\\le", "<="), ("\\ge", ">="), ("\\lt", "<"), ("\\gt", ">"), ("<", "<"), (">", ">"), ("=", "=")]
-_MATRIX_RE = re.compile(r"\\begin\{([pbBv]?matrix)\}(.*)\\end\{\1\}", re.S)
+_REL_OPS = {"\\le": "<=", "\\ge": ">=", "\\ne": "!=", "\\lt": "<", "\\gt": ">", "<": "<", ">": ">", "=": "="}
+_REL_RE = re.compile(r"\\(?:le|ge|ne|lt|gt)(?![A-Za-z])|[<>=]")
+_MATRIX_RE = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix)\}(.*)\\end\{\1\}", re.S)
+_TINY = 1e-12
 
 
 def _matching(s: str, i: int) -> int:
@@ -63,14 +69,22 @@ def _expand_pm(s: str) -> list[str]:
 
 def parse_answer(s: str):
     """Structure of an answer: ('set', items) | ('seq', open, close, items) | ('union', parts) |
-    ('matrix', rows) | ('rel', op, lhs - rhs) | ('expr', sympy, text)."""
+    ('matrix', rows) | ('rel', op, lhs - rhs, interval) | ('chain', interval) | ('and', items) |
+    ('expr', sympy, text). `interval` is the relation as a set of reals (see _real_set) or None."""
     check_bounds(s)
     parts = split_top(s)
     if len(parts) > MAX_ITEMS:
         raise ParseError("too many items")
-    if len(parts) > 1:
-        return ("set", _flatten([_item(p) for p in parts]))
-    return _item(s)
+    items = []
+    for part in parts:
+        pieces = split_top(part, "\\land")  # "x > 1 and x < 3"; "6 and 8" is the list 6, 8
+        if len(pieces) > MAX_ITEMS:
+            raise ParseError("too many items")
+        sub = [_item(p) for p in pieces]
+        items += [("and", sub)] if len(sub) > 1 and all(_is_inequality(x) for x in sub) else sub
+    if len(items) > 1:
+        return ("set", _flatten(items))
+    return items[0]
 
 
 def _flatten(items: list) -> list:
@@ -86,20 +100,26 @@ def _item(s: str):
         raise ParseError("empty item")
     if s.startswith("\\{") and _matching(s, 0) == len(s) - 1:
         inner = s[2:-2]
+        builder = re.fullmatch(r"([A-Za-z])(?:\\mid|\||:)(.+)", inner)
+        if builder and re.search(r"\\(?:le|ge|ne)(?![A-Za-z])|[<>]", builder.group(2)):
+            return _item(builder.group(2))  # \{x \mid x < 3\} is the set x < 3 describes
         return ("set", _flatten([_item(p) for p in split_top(inner)]) if inner else [])
     member = split_top(s, "\\in")
     if len(member) == 2 and re.fullmatch(r"[A-Za-z]", member[0]):  # x \in [-2,7] is the set [-2,7]
         return _item(member[1])
     union = split_top(s, "\\cup")
+    if len(union) > MAX_ITEMS:
+        raise ParseError("too many union pieces")
     if len(union) > 1:
         return ("union", [_item(p) for p in union])
+    if s[0] in "([" and _matching(s, 0) == len(s) - 1 and _MATRIX_RE.fullmatch(s[1:-1].strip()):
+        return _item(s[1:-1].strip())  # (\begin{pmatrix}...\end{pmatrix}): the brackets add nothing
     m = _MATRIX_RE.fullmatch(s)
     if m:
-        rows = [r for r in split_top(m.group(2), "\\\\") if r.strip()]
-        cells = [[_item(c) for c in split_top(r, "&")] for r in rows]
-        if not cells or len({len(r) for r in cells}) != 1 or sum(map(len, cells)) > MAX_ITEMS:
-            raise ParseError("ragged or oversized matrix")
-        return ("matrix", cells)
+        rows = [split_top(r, "&") for r in split_top(m.group(2), "\\\\") if r.strip()]
+        if not rows or len({len(r) for r in rows}) != 1 or sum(map(len, rows)) > MAX_ITEMS:
+            raise ParseError("ragged or oversized matrix")  # checked before any cell is parsed
+        return ("matrix", [[_item(c) for c in r] for r in rows])
     if s[0] in "([" and s[-1] in ")]" and _matching(s, 0) == len(s) - 1:
         inner = split_top(s[1:-1])
         if len(inner) > 1:
@@ -108,16 +128,200 @@ def _item(s: str):
             return ("seq", s[0], s[-1], [_item(p) for p in inner])
     if re.search(r"\\(?:pm|mp)(?![A-Za-z])", s):
         return ("set", [_item(v) for v in _expand_pm(s)])
-    for macro, op in _RELATIONS:
-        sides = split_top(s, macro)
-        if len(sides) == 2:
-            lhs, rhs = to_sympy(sides[0]), to_sympy(sides[1])
-            if op in (">", ">="):  # a > b is b < a
-                return ("rel", op.replace(">", "<"), rhs - lhs)
-            return ("rel", op, lhs - rhs)
-        if len(sides) > 2:
-            raise ParseError("chained relation")
+    sides, ops = split_relations(s)
+    if len(ops) == 1:
+        lhs, rhs = to_sympy(sides[0]), to_sympy(sides[1])
+        op = ops[0]
+        if op in (">", ">="):  # a > b is b < a
+            op, lhs, rhs, sides = op.replace(">", "<"), rhs, lhs, sides[::-1]
+        return ("rel", op, lhs - rhs, _relation_interval(op, lhs, rhs, sides))
+    if len(ops) == 2:
+        return ("chain", _chain_interval(sides, ops))
+    if ops:
+        raise ParseError("chained relation")
     return ("expr", to_sympy(s), s)
+
+
+def split_relations(s: str) -> tuple[list[str], list[str]]:
+    """Sides and operators of a relation outside brackets: '0<x\\le 5' -> (['0', 'x', '5'], ['<', '<='])."""
+    sides, ops, depth, start, i = [], [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and s[i + 1 : i + 2] in ("{", "}"):
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0:
+            m = _REL_RE.match(s, i)
+            if m:
+                sides.append(s[start:i])
+                ops.append(_REL_OPS[m.group(0)])
+                i = start = m.end()
+                continue
+        i += 1
+    sides.append(s[start:])
+    return sides, ops
+
+
+# ---------------------------------------------------------------------------
+# Inequalities in one variable as sets of reals: x < 3 is (-oo, 3), -2 <= x <= 7 is [-2, 7].
+# A set is (variable name or None, [(lo, hi, lo_closed, hi_closed, lo_text, hi_text), ...]).
+
+
+def _linear(e):
+    """(variable name, a, b) when e = a*v + b in one variable v (a symbol or f(x)), a and b real constants."""
+    calls = e.atoms(AppliedUndef)
+    atoms = calls | {x for x in e.free_symbols if not any(x in f.free_symbols for f in calls)}
+    if len(atoms) != 1:
+        return None
+    v, t = atoms.pop(), sympy.Dummy("t")
+    et = e.xreplace({v: t})
+    try:
+        a = sympy.diff(et, t)
+        b = et.xreplace({t: sympy.S.Zero})
+    except (ArithmeticError, ValueError, TypeError, AttributeError, NotImplementedError):
+        return None
+    if a.free_symbols or b.free_symbols:
+        return None  # not linear (x^2 < 4), or a second variable
+    va, vb = _value(a), _value(b)
+    if va is None or vb is None or abs(va[1]) > _TINY or abs(vb[1]) > _TINY or abs(va[0]) < _TINY:
+        return None
+    return str(v), a, b
+
+
+def _relation_interval(op: str, lhs, rhs, sides: list[str]):
+    """lhs op rhs (op one of < <= != =) as a set of reals, or None when it is not one (two variables)."""
+    lin = _linear(lhs - rhs)
+    if lin is None:
+        return None
+    name, a, b = lin
+    c = -b / a
+    text = sides[1].strip() if lhs.is_Symbol or isinstance(lhs, AppliedUndef) else (
+        sides[0].strip() if rhs.is_Symbol or isinstance(rhs, AppliedUndef) else "")
+    if op == "=":
+        return name, [(c, c, True, True, text, text)]
+    if op == "!=":
+        return name, [(-sympy.oo, c, False, False, "", text), (c, sympy.oo, False, False, text, "")]
+    closed = op == "<="
+    if _value(a)[0] > 0:  # a*x + b < 0 with a > 0 is x < c
+        return name, [(-sympy.oo, c, False, closed, "", text)]
+    return name, [(c, sympy.oo, closed, False, text, "")]
+
+
+def _chain_interval(sides: list[str], ops: list[str]):
+    """lo < x <= hi (or hi >= x > lo) as a set of reals; anything else is not a supported answer."""
+    if all(op in ("<", "<=") for op in ops):
+        lo_text, hi_text, lo_closed, hi_closed = sides[0], sides[2], ops[0] == "<=", ops[1] == "<="
+    elif all(op in (">", ">=") for op in ops):
+        lo_text, hi_text, lo_closed, hi_closed = sides[2], sides[0], ops[1] == ">=", ops[0] == ">="
+    else:
+        raise ParseError("chained relation")
+    lo, mid, hi = to_sympy(lo_text), to_sympy(sides[1]), to_sympy(hi_text)
+    lin = _linear(mid)
+    if lin is None or lo.free_symbols or hi.free_symbols:
+        raise ParseError("chained relation")
+    name, a, b = lin
+    lo, hi = (lo - b) / a, (hi - b) / a
+    if _value(a)[0] < 0:  # -2 < -x < 3 is -3 < x < 2
+        lo, hi, lo_closed, hi_closed, lo_text, hi_text = hi, lo, hi_closed, lo_closed, hi_text, lo_text
+    if not (a == 1 and b == 0):
+        lo_text = hi_text = ""
+    if not _less(lo, hi):
+        raise ParseError("empty interval")
+    return name, [(lo, hi, lo_closed, hi_closed, lo_text.strip(), hi_text.strip())]
+
+
+@functools.lru_cache(maxsize=4096)  # endpoints are compared many times when intervals are intersected
+def _key(e) -> float | None:
+    """A float to order endpoints by (+-inf for infinities); None when e has no real value."""
+    if e in (sympy.oo, -sympy.oo):
+        return float(e)
+    v = _value(e)
+    return None if v is None or abs(v[1]) > _TINY else float(v[0])
+
+
+def _less(x, y) -> bool:
+    kx, ky = _key(x), _key(y)
+    if kx is None or ky is None or kx == ky:
+        return False
+    if math.isinf(kx) or math.isinf(ky):
+        return kx < ky
+    return kx < ky - _TINY * max(1.0, abs(kx), abs(ky))
+
+
+def _is_inequality(x) -> bool:
+    """A one-variable relation that reads as a set of reals (an equation x = 3 alone is not one)."""
+    if x[0] == "rel":
+        return x[3] is not None and x[1] != "="
+    if x[0] in ("chain", "and"):
+        return True
+    return x[0] == "set" and bool(x[1]) and all(i[0] in ("rel", "chain", "and") for i in x[1]) and any(
+        _is_inequality(i) for i in x[1])
+
+
+def _real_set(x, in_union: bool = False):
+    """The answer as a union of real intervals (see above), or None when it is not one."""
+    kind = x[0]
+    if kind == "rel":
+        return x[3]
+    if kind == "chain":
+        return x[1]
+    if kind == "seq" and len(x[3]) == 2 and all(i[0] == "expr" for i in x[3]):
+        (_, lo, lo_text), (_, hi, hi_text) = x[3]
+        if not _less(lo, hi):
+            return None  # (4, 3) is a point, not an interval
+        return None, [(lo, hi, x[1] == "[", x[2] == "]", lo_text, hi_text)]
+    if kind == "set" and in_union and all(i[0] == "expr" for i in x[1]):  # (-oo, 0) \cup \{1\}
+        return None, [(i[1], i[1], True, True, i[2], i[2]) for i in x[1]]
+    if kind in ("union", "set", "and"):
+        parts = [_real_set(p, in_union=kind == "union") for p in x[1]]
+        if any(p is None for p in parts) or len({p[0] for p in parts if p[0]}) > 1:
+            return None
+        name = next((p[0] for p in parts if p[0]), None)
+        if kind != "and":
+            return name, [iv for p in parts for iv in p[1]]
+        out = parts[0][1]
+        for p in parts[1:]:
+            out = [iv for a in out for b in p[1] for iv in [_intersect(a, b)] if iv is not None]
+            if len(out) > MAX_ITEMS:
+                return None
+        return name, out
+    return None
+
+
+def _intersect(a, b):
+    lo = a if _less(b[0], a[0]) else b if _less(a[0], b[0]) else None
+    hi = a if _less(a[1], b[1]) else b if _less(b[1], a[1]) else None
+    lo_e, lo_c, lo_t = (lo[0], lo[2], lo[4]) if lo else (a[0], a[2] and b[2], a[4])
+    hi_e, hi_c, hi_t = (hi[1], hi[3], hi[5]) if hi else (a[1], a[3] and b[3], a[5])
+    if _less(lo_e, hi_e) or (not _less(hi_e, lo_e) and lo_c and hi_c):
+        return (lo_e, hi_e, lo_c, hi_c, lo_t, hi_t)
+    return None
+
+
+def _endpoint_equal(x, y, text_x: str, text_y: str) -> bool:
+    if x in (sympy.oo, -sympy.oo) or y in (sympy.oo, -sympy.oo):
+        return x == y
+    return scalar_equal(x, y, text_x, text_y)
+
+
+def _interval_equal(a, b) -> bool:
+    """Same endpoints and brackets; a bracket at an infinite end carries no meaning."""
+    return (
+        _endpoint_equal(a[0], b[0], a[4], b[4]) and _endpoint_equal(a[1], b[1], a[5], b[5])
+        and (a[2] == b[2] or b[0] == -sympy.oo) and (a[3] == b[3] or b[1] == sympy.oo)
+    )
+
+
+def _real_sets_equal(a, b) -> bool:
+    (name_a, ivs_a), (name_b, ivs_b) = a, b
+    if name_a and name_b and name_a != name_b:
+        return False  # x < 3 does not answer y < 3
+    return len(ivs_a) == len(ivs_b) and match_unordered(ivs_a, ivs_b, _interval_equal)
 
 
 # ---------------------------------------------------------------------------
@@ -125,6 +329,10 @@ def _item(s: str):
 
 
 def match(a, b) -> bool:
+    if (_is_inequality(a) or _is_inequality(b)) and not (a[0] == b[0] == "rel"):
+        # An inequality against interval notation (or another inequality form): compare the sets of reals.
+        ra, rb = _real_set(a), _real_set(b)
+        return ra is not None and rb is not None and _real_sets_equal(ra, rb)
     if b[0] == "set":
         if a[0] not in ("set", "union") or len(a[1]) != len(b[1]):
             return False
@@ -146,7 +354,7 @@ def match(a, b) -> bool:
             and all(match(x, y) for ra, rb in zip(a[1], b[1]) for x, y in zip(ra, rb))
         )
     if b[0] == "rel":
-        return a[0] == "rel" and a[1] == b[1] and _proportional(a[2], b[2], positive=b[1] != "=")
+        return a[0] == "rel" and a[1] == b[1] and _proportional(a[2], b[2], positive=b[1] not in ("=", "!="))
     return a[0] == "expr" and scalar_equal(a[1], b[1], a[2], b[2])
 
 

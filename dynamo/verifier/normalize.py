@@ -16,50 +16,174 @@ _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u22c5": r"\cdot ", "\u00f7": r"\div ",
     "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u00b0": r"^\circ ",
     "\u221a": r"\sqrt ", "\u00b1": r"\pm ", "\u222a": r"\cup ", "\u00a0": " ", "\uff05": "%", "\uff0c": ",",
+    "\u2260": r"\ne ", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
+    "\u2a7d": r"\le ", "\u2a7e": r"\ge ", "\u211d": r"\mathbb{R}",
+    "\u20ac": "", "\u00a3": "",  # euro and pound signs, like \$, are presentation
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
 # Trailing unit: \text{ cm}, \mathrm{~m}^{2}, \mbox{ inches}^2 (the remainder must still hold the answer).
-_UNIT_RE = re.compile(r"\\(?:text|textrm|textnormal|mbox|mathrm|operatorname)\s*\{[^{}]*\}(?:\s*\^\s*(?:\{[^{}]*\}|-?\w))?\s*$")
+_UNIT_RE = re.compile(
+    r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|operatorname)\s*\{([^{}]*)\}(\s*\^\s*(?:\{[^{}]*\}|-?\w))?\s*$"
+)
+# Units written as bare words ("5 cm", "28 percent", "125 miles"): only these, and only after a number or a
+# closing bracket, so that a variable (5x, 2\pi, 5m) is never taken for a unit.
+_UNIT_WORDS = (
+    "mm cm km meters meter metres metre centimeters centimeter millimeters kilometers kilometer inches inch "
+    "feet foot ft yards yard miles mile kg grams gram kilograms pounds pound lbs lb ounces ounce oz tons ton "
+    "liters liter litres litre ml seconds second sec minutes minute mins min hours hour hrs hr days day weeks "
+    "week months month years year mph kph dollars dollar cents cent yuan euros euro rupees rupee percentage "
+    "percent pct degrees degree deg radians radian units unit"
+).split()
+_BARE_UNIT_RE = re.compile(
+    r"(?<=[\d})])\s*((?:(?:square|sq\.?|cubic)\s+)?(?:" + "|".join(_UNIT_WORDS) + r")(?![A-Za-z])(?:\s*\^\s*\{?[23]\}?)?)\s*$",
+    re.I,
+)
+_UNIT_ALIASES = {
+    "in": "inch", "inches": "inch", "feet": "foot", "ft": "foot", "meters": "m", "meter": "m", "metres": "m",
+    "metre": "m", "centimeters": "cm", "centimeter": "cm", "millimeters": "mm", "kilometers": "km",
+    "kilometer": "km", "grams": "g", "gram": "g", "kilograms": "kg", "lbs": "lb", "pounds": "lb", "pound": "lb",
+    "seconds": "s", "second": "s", "sec": "s", "minutes": "min", "minute": "min", "mins": "min", "hours": "h",
+    "hour": "h", "hrs": "h", "hr": "h", "percent": "%", "pct": "%", "percentage": "%", "\\%": "%",
+    "degrees": "degree", "deg": "degree", "\\circ": "degree", "^\\circ": "degree",
+}
+_CONNECTIVE_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(and|or)(?![A-Za-z])\s*")
+_PLAIN_NUMBER_RE = re.compile(r"\s*[+-]?\d+(?:\.\d+)?\s*", re.ASCII)
+_THOUSANDS_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|boxed)\s*\{([^{}]*)\}")
-_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?", re.ASCII)  # 2516_8, 4210_{5}: a numeral in another base
-_SIMPLE_LHS_RE = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?(?:\([^()=]*\))?")  # x, m_{\max}, f(x), \tau
+_NAME = r"(?:[A-Za-z]+|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?"
+# x, AB, m_{\max}, f(x), \tau, and a tuple of names: (p,q) = (3,2) assigns the pair
+_SIMPLE_LHS_RE = re.compile(rf"{_NAME}(?:\([^()=]*\))?|\({_NAME}(?:,{_NAME})+\)")
 
 
 def normalize(s: str) -> str:
     """Canonical text of an answer: presentation (spacing, \\left, \\dfrac, units, degrees, percent, $) removed."""
+    return normalize_with_unit(s)[0]
+
+
+def normalize_with_unit(s: str) -> tuple[str, str]:
+    """(canonical text, canonical unit or ""): the unit is removed from the text but kept, so that a pair
+    differing only by a unit on one side compares equal while `5 cm` and `5 m` do not."""
+    if _PLAIN_NUMBER_RE.fullmatch(s):
+        return s.strip(), ""  # nothing below changes a plain number: skip the regex passes (training path)
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+    if re.search(r"(?<!\\)\\\\[A-Za-z]", s) and not re.search(r"(?<!\\)\\[A-Za-z]", s):
+        s = s.replace("\\\\", "\\")  # every macro's backslash doubled (an escaped string): \\frac is \frac
     s = s.replace("\\$", "").replace("$", "")
-    s = re.sub(r"(\d),\\!\s*(?=\d{3}(?!\d))", r"\1", s)  # 10,\!080 is a thousands separator, not a list
+    # Thousands separators: 10,\!080 and 12{,}000 always; a plain comma only in one lone number (below)
+    s = re.sub(r"(\d)\s*(?:,\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))", r"\1", s)
     s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)\s*\.", "", s)  # invisible delimiters
     s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg|displaystyle|textstyle)(?![A-Za-z])", "", s)
     s = re.sub(r"\\[!,;:>]|(?<!\\)\\ |~|\\q?quad(?![A-Za-z])", " ", s)
-    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
+    s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
-    s = re.sub(r"\\(?:leq|leqslant|le)(?![A-Za-z])", r"\\le ", s)
-    s = re.sub(r"\\(?:geq|geqslant|ge)(?![A-Za-z])", r"\\ge ", s)
+    s = _relations(s)
+    s = re.sub(r"\\(?:emptyset|varnothing)(?![A-Za-z])|\\\{\s*\\\}", r"\\{\\}", s)  # one spelling of the empty set
+    s = re.sub(r"\\mathbb\s*(?:\{\s*R\s*\}|R(?![A-Za-z]))", r"(-\\infty,\\infty)", s)  # x \in \mathbb{R}: every real
+    s = re.sub(r"\\begin\{array\}\s*\{[^{}]*\}", r"\\begin{matrix}", s).replace("\\end{array}", "\\end{matrix}")
     s = re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)  # y^{\prime} is y'
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)  # degrees: 90^\circ is 90
-    s = s.replace("\\%", "").replace("%", "")  # percent: 8\% is 8 (no x100 leniency anywhere)
-    s = s.strip()
-    while True:  # strip trailing units while something is left that is not the unit
-        m = _UNIT_RE.search(s)
-        rest = s[: m.start()].rstrip() if m else ""
-        if not m or not re.search(r"[0-9A-Za-z}]", rest):
-            break
-        s = re.sub(r"(?:/|\\cdot|\\,)\s*$", "", rest).rstrip()
+    units = []
+    s, n = re.subn(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)  # degrees: 90^\circ is 90
+    units += ["degree"] * bool(n)
+    if "%" in s:  # percent: 8\% is 8 (no x100 leniency anywhere)
+        s, units = s.replace("\\%", "").replace("%", ""), units + ["%"]
+    s, trailing = _strip_units(s.strip())
+    units += trailing
+    unwrapped = s
     prev = None
-    while prev != s:  # unwrap \text{...} and friends, innermost first
-        prev, s = s, _TEXT_WRAP_RE.sub(lambda m: m.group(1), s)
+    while prev != unwrapped:  # unwrap \text{...} and friends, innermost first
+        prev, unwrapped = unwrapped, _TEXT_WRAP_RE.sub(lambda m: m.group(1), unwrapped)
+    if unwrapped != s:  # \text{5 cm}: a unit may have been inside the text
+        s, trailing = _strip_units(unwrapped.strip())
+        units += trailing
+    if re.search(r"[\d<>=]|\\[lgn]e(?![A-Za-z])", s):  # "6 and 8", "x < 2 or x > 3"; not "black and white"
+        s = _CONNECTIVE_RE.sub(lambda m: "," if m.group(1) == "or" or "," in m.group(0) else r" \land ", s)
     s = re.sub(r"\s+", " ", s).strip()
+    while s.startswith("{") and _closing_brace(s) == len(s) - 1:
+        s = s[1:-1].strip()  # a TeX group around the whole answer: {1,3} is 1,3
+    if _THOUSANDS_NUMBER_RE.fullmatch(s.rstrip(".")):  # 12,000 alone is a number; "32, 349" (a space) is a list
+        s = s.replace(",", "")
     s = re.sub(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])", "", s)  # spaces only matter between two letters
     s = re.sub(r"(?:\.|\\\\)+$", "", s).rstrip()  # trailing period / line break
+    if "\\approx" in s:
+        s = ",".join(_exact_or_approx(p) for p in split_top(s))
     if re.fullmatch(r"\([A-Za-z]\)", s):  # multiple choice: (C) is C
         s = s[1].upper()
     elif re.fullmatch(r"[A-Za-z]+(?: [A-Za-z]+)*", s) and len(s) > 1:  # words compare case-insensitively
         s = s.lower()
-    return s
+    return s, " ".join(dict.fromkeys(units))
+
+
+def _closing_brace(s: str) -> int:
+    """Index of the `}` closing the `{` at s[0] (escaped \\{ \\} skipped), or -1."""
+    depth, i = 0, 0
+    while i < len(s):
+        if s[i] == "\\":
+            i += 2
+            continue
+        depth += (s[i] == "{") - (s[i] == "}")
+        if depth == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _relations(s: str) -> str:
+    """One spelling per relation: \\le, \\ge, \\ne, <, > (from \\leq, \\leqslant, <=, \\neq, !=, \\lt, ...)."""
+    s = s.replace("<=", "\\le ").replace(">=", "\\ge ")
+    s = re.sub(r"(?<![\d)!])!=|\\not\s*=", r"\\ne ", s)  # x != 3, x \not= 3; but 5!=120 is a factorial
+    s = re.sub(r"\\(?:leq|leqslant|leqq|le)(?![A-Za-z])", r"\\le ", s)
+    s = re.sub(r"\\(?:geq|geqslant|geqq|ge)(?![A-Za-z])", r"\\ge ", s)
+    s = re.sub(r"\\(?:neq|ne)(?![A-Za-z])", r"\\ne ", s)
+    s = re.sub(r"\\lt(?![A-Za-z])", "<", s)
+    return re.sub(r"\\gt(?![A-Za-z])", ">", s)
+
+
+def ends_in_unit_word(s: str) -> bool:
+    """`5 cm`, `28 percent`: the text ends in one of the unit words."""
+    return _BARE_UNIT_RE.search(s) is not None
+
+
+def _strip_units(s: str) -> tuple[str, list[str]]:
+    """Strip trailing units (\\text{ cm}^2, `miles`) while something that is not the unit is left."""
+    units = []
+    while True:
+        m = _UNIT_RE.search(s)
+        unit = (m.group(1) + (m.group(2) or "")) if m else ""
+        if not m:
+            m = _BARE_UNIT_RE.search(s)
+            unit = m.group(1) if m else ""
+        rest = s[: m.start()].rstrip() if m else ""
+        if not m or not re.search(r"[0-9A-Za-z}]", rest) or canonical_unit(unit) in ("e", "i"):
+            return s, units[::-1]  # (2\mathrm{e} is twice Euler's number, not 2 of a unit "e")
+        units.append(canonical_unit(unit))
+        s = re.sub(r"(?:/|\\cdot|\\,)\s*$", "", rest).rstrip()
+
+
+def canonical_unit(unit: str) -> str:
+    """`\\text{ square inches}`, `in^{2}` and `sq. inch` all give "inch^2"; "percent" gives "%"."""
+    u = re.sub(r"[{}\s~]|\\[,;!: ]", " ", unit.lower()).split()
+    power = ""
+    if u and u[0] in ("square", "sq", "sq.", "cubic"):
+        power, u = ("^3" if u[0] == "cubic" else "^2"), u[1:]
+    word = "".join(u)
+    m = re.fullmatch(r"(.*?)\^([0-9]+)", word)
+    if m:
+        word, power = m.group(1), "^" + m.group(2)
+    if word in _UNIT_ALIASES:
+        word = _UNIT_ALIASES[word]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]  # plural: miles, dollars, units
+    return word + power
+
+
+def _exact_or_approx(part: str) -> str:
+    """`x \\approx 11` states the value 11; in `\\frac13 \\approx 0.33` the exact value comes first."""
+    pieces = split_top(part, "\\approx")
+    if len(pieces) > 1 and _SIMPLE_LHS_RE.fullmatch(pieces[0]):
+        return pieces[0] + "=" + pieces[-1]
+    return pieces[0]
 
 
 def split_top(s: str, sep: str = ",") -> list[str]:
@@ -85,30 +209,38 @@ def split_top(s: str, sep: str = ",") -> list[str]:
     return parts
 
 
+def is_prose(s: str) -> bool:
+    """Six or more words (not macro names): a sentence, which only an identical sentence can equal."""
+    return len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", s)) >= 6
+
+
 def _has_relation(s: str) -> bool:
-    return len(split_top(s, "=")) > 1 or bool(re.search(r"\\(?:le|ge|lt|gt|in)(?![A-Za-z])|[<>]", s))
+    return len(split_top(s, "=")) > 1 or bool(re.search(r"\\(?:le|ge|ne|lt|gt|in)(?![A-Za-z])|[<>]", s))
 
 
 def align_sides(resp: str, ref: str) -> tuple[str, str]:
     """`x = 3` against `3`: drop a definition's left side where the other answer has none, element-wise."""
     resp_parts, ref_parts = split_top(resp), split_top(ref)
     if not any(_has_relation(p) for p in ref_parts):
-        # The reference is a bare value: keep what follows the last `=` / `\in` of each response element.
-        resp_parts = [re.split(r"=|\\in(?![A-Za-z])", p)[-1] for p in resp_parts]
+        # The reference is a bare value: keep what follows the last `=` / `\in` of each response element,
+        # unless they describe a set of reals together (`x < 0 or x = 1` is a union with the point 1).
+        if not any(re.search(r"\\(?:le|ge|ne)(?![A-Za-z])|[<>]", p) for p in resp_parts):
+            resp_parts = [re.split(r"=|\\in(?![A-Za-z])", p)[-1] for p in resp_parts]
     elif not any(_has_relation(p) for p in resp_parts):
         # The reference defines a name (k=2n-1, f(x)=2x, y = 2x+3): compare its right side.
         new = []
         for p in ref_parts:
             sides = split_top(p, "=")
-            new.append(sides[1] if len(sides) == 2 and _SIMPLE_LHS_RE.fullmatch(sides[0]) else p)
+            new.append(sides[-1] if len(sides) >= 2 and _SIMPLE_LHS_RE.fullmatch(sides[0]) else p)
         ref_parts = new
     else:
         # Both are definitions: same left sides compare by right sides; otherwise as equations.
+        # A chain `x = 5+5+1 = 11` states its last side.
         pairs = [(split_top(a, "="), split_top(b, "=")) for a, b in zip(resp_parts, ref_parts)]
         if len(resp_parts) == len(ref_parts) and all(
-            len(a) == 2 and len(b) == 2 and a[0] == b[0] and _SIMPLE_LHS_RE.fullmatch(b[0]) for a, b in pairs
+            len(a) >= 2 and len(b) >= 2 and a[0] == b[0] and _SIMPLE_LHS_RE.fullmatch(b[0]) for a, b in pairs
         ):
-            resp_parts, ref_parts = [a[1] for a, _ in pairs], [b[1] for _, b in pairs]
+            resp_parts, ref_parts = [a[-1] for a, _ in pairs], [b[-1] for _, b in pairs]
     return ",".join(resp_parts), ",".join(ref_parts)
 
 
@@ -209,10 +341,6 @@ def fast_compare(resp: str, ref: str) -> bool | None:
     if m and not ref.isdigit():  # base-b numeral: 2516_8 also accepts 2516
         other = _BASE_RE.fullmatch(resp)
         return resp == m.group(1) or (other is not None and other.groups() == m.groups())
-    if _THOUSANDS_RE.fullmatch(ref):
-        ref, resp = ref.replace(",", ""), resp.replace(",", "")
-    elif len(split_top(ref)) == 1 and _THOUSANDS_RE.fullmatch(resp):
-        resp = resp.replace(",", "")
     a, b = parse_number(resp), parse_number(ref)
     if a is not None and b is not None:
         return numbers_equal(a, b)
