@@ -4,14 +4,17 @@ Every rollout row has its own seed, and its tokens are a function of that seed a
 the same row comes out whatever else is in the batch, however the batch is split over ranks, and
 whichever rank draws it (so a 2-process run samples exactly what a 1-process run does). The noise
 is counter-based: token t of row i draws its Gumbel-max noise from hash(seed_i, t, v) for every
-vocabulary entry v, computed in one vectorised pass, with no random-number generator state at all.
+vocabulary entry v, with no random-number generator state at all. The sampler only computes the exact
+noise where a token can still win (race_winners), in row chunks that stay in cache.
 
 Shapes: P prompts, N rollouts (N = sum of the per-prompt counts), Lp padded prompt length,
 T response length (<= max_new_tokens), V vocabulary.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,33 +70,108 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for x in [0, 2^32), in 16-bit halves: no intermediate leaves int64, whose
-    overflow behaviour is not the same on every device."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & M32
+# The hash runs on int32 tensors holding uint32 bit patterns: a wrapping int32 multiply keeps the same low
+# 32 bits as uint32 arithmetic (checked against the plain int64 formula in tests/test_rollout.py), and a
+# right shift is made logical by masking off the copies of the sign bit. torch.uint32 has no shifts or adds.
+FMIX32 = ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None))  # murmur3's finaliser: (shift, multiplier) steps
+GOLDEN32 = 0x9E3779B9  # mixed into the vocabulary index before hashing
+# The sampler hashes row chunks of about this many elements, so that the passes over a chunk stay in cache.
+SAMPLER_CHUNK_ELEMENTS = 1 << 19
+LN2 = math.log(2.0)
+# -log E <= RACE_BOUND - LN2 * bits(float32(m)) / 2^23 (see race_winners): 32 bits of U plus the exponent bias.
+RACE_BOUND = 159 * LN2
+# The bound of the token with the row's best bound exceeds its exact score by at most log(22.9) + 0.06 nats
+# (-log e against -log(-log(1 - e)) at the extreme e = 1 - 2^-33, plus the error of the bit-pattern logarithm),
+# so a token whose bound is more than this below the best bound cannot win; race_winners checks it anyway.
+RACE_WINDOW = 3.3
+RACE_BLOCKS = 16  # tokens per block: the bounds are maxed over blocks, and only blocks near the best are searched
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser, on int64 tensors holding values in [0, 2^32)."""
-    x = _mul32(x ^ (x >> 16), 0x85EBCA6B)
-    x = _mul32(x ^ (x >> 13), 0xC2B2AE35)
-    return x ^ (x >> 16)
+def _int32(value: int) -> torch.Tensor:
+    """A 0-dim int32 tensor with the bit pattern of the uint32 `value`: a cheaper operand than a Python int,
+    which every op would wrap and cast (a 0-dim CPU tensor works with tensors on any device)."""
+    return torch.tensor(value - (1 << 32) if value >= 1 << 31 else value, dtype=torch.int32)
+
+
+# (shift, mask keeping the bits a logical shift keeps, multiplier or None) for each step of the finaliser.
+_FMIX32_OPERANDS = [(_int32(shift), _int32(M32 >> shift), None if mult is None else _int32(mult))
+                    for shift, mult in FMIX32]
+
+
+def _int32_bits(x: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of an int64 tensor as int32 (values >= 2^31 become negative: the same bits)."""
+    x = x & M32
+    return (x - ((x >> 31) << 32)).to(torch.int32)
+
+
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor, shifted: bool = False) -> torch.Tensor:
+    """murmur3's 32-bit finaliser, in place on an int32 tensor of uint32 bit patterns (tmp: scratch, x's shape);
+    shifted: the caller has already applied its first step, x ^= x >>> 16."""
+    for i, (shift, mask, multiplier) in enumerate(_FMIX32_OPERANDS):
+        if i or not shifted:
+            torch.bitwise_right_shift(x, shift, out=tmp)
+            x.bitwise_xor_(tmp.bitwise_and_(mask))  # x ^= x >>> shift
+        if multiplier is not None:
+            x.mul_(multiplier)
+    return x
+
+
+def _xorshift16(x: torch.Tensor) -> torch.Tensor:
+    """x ^ (x >>> 16): the finaliser's first step, linear over XOR, so (a ^ b) -> _xorshift16(a) ^ _xorshift16(b)."""
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _row_keys(seeds: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) int32 key k of each row's step t, mix(lo ^ mix(hi ^ mix(t))) of the 64-bit seed's halves, and
+    _xorshift16(k)."""
+    lo, hi = _int32_bits(seeds), _int32_bits(seeds >> 32)  # (N,)
+    key = _int32_bits(torch.full_like(seeds, t & M32))
+    tmp = torch.empty_like(key)
+    key = _mix32_(hi ^ _mix32_(key, tmp), tmp)
+    key = _mix32_(lo ^ key, tmp)
+    return key, _xorshift16(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _vocab_keys(vocab: int, device: torch.device) -> torch.Tensor:
+    """(V,) int32 _xorshift16(mix(v ^ golden)): the same for every row and step, so computed once."""
+    v = _int32_bits(torch.arange(vocab, device=device) ^ GOLDEN32)
+    return _xorshift16(_mix32_(v, torch.empty_like(v)))
+
+
+def _hash_(out: torch.Tensor, key: torch.Tensor, key_xs: torch.Tensor, vocab_xs: torch.Tensor,
+           tmp: torch.Tensor) -> torch.Tensor:
+    """out <- h = mix(mix(k ^ w_v) + k), the uint32 draw of (seed, t, v), as int32, for row keys k (key, and
+    key_xs = _xorshift16(k)) and vocabulary entries (vocab_xs = _vocab_keys[v]) that broadcast to out."""
+    torch.bitwise_xor(key_xs, vocab_xs, out=out)  # the first step of mix(k ^ w_v), done on k and w_v apart
+    _mix32_(out, tmp, shifted=True).add_(key)
+    return _mix32_(out, tmp)
+
+
+def _noise_of_bits(h: torch.Tensor) -> torch.Tensor:
+    """Exp(1) draws in float64 from int32 bit patterns h: -log U with U = (h + 1/2) / 2^32."""
+    return -torch.log(((h.long() & M32).double() + 0.5) / 2.0 ** 32)
 
 
 def exponential_noise(seeds: torch.Tensor, t: int, vocab: int) -> torch.Tensor:
     """(N, V) float64 Exp(1) draws, a pure function of (seed_i, t, v): -log U with U = (h + 1/2) / 2^32."""
-    lo, hi = seeds & M32, (seeds >> 32) & M32  # (N,)
-    key = _mix32(lo ^ _mix32(hi ^ _mix32(torch.full_like(seeds, t & M32))))  # (N,) one key per row and step
-    v = _mix32(torch.arange(vocab, device=seeds.device) ^ 0x9E3779B9)  # (V,)
-    h = _mix32((_mix32(key[:, None] ^ v[None, :]) + key[:, None]) & M32)  # (N, V)
-    return -torch.log((h.double() + 0.5) / 2.0 ** 32)
+    key, key_xs = _row_keys(seeds, t)
+    h = torch.empty(len(seeds), vocab, dtype=torch.int32, device=seeds.device)
+    return _noise_of_bits(_hash_(h, key[:, None], key_xs[:, None], _vocab_keys(vocab, seeds.device),
+                                 torch.empty_like(h)))
 
 
 class SeededSampler(LogitsProcessor):
     """Turns greedy decoding into sampling: argmax_v (z_v / temperature - log E_v), with E_v ~ Exp(1)
     drawn from (row seed, t, v), picks v with probability softmax(z / temperature)_v (the exponential
     race, i.e. Gumbel-max). top_p < 1 first keeps the smallest set of tokens whose probability reaches
-    top_p, as nucleus sampling does; temperature 0 is plain greedy decoding."""
+    top_p, as nucleus sampling does; temperature 0 is plain greedy decoding.
+
+    The draw is computed by race_winners, which never builds an (N, V) tensor of noise; the scores returned
+    are the float32 scores with the drawn token of each row set to +inf (written over `scores` when it is
+    float32: generate() hands the processors a private float32 copy of the logits, which nothing else reads
+    unless asked for output_logits, and sample() does not ask).
+    """
 
     def __init__(self, seeds: torch.Tensor, prompt_length: int, temperature: float, top_p: float):
         self.seeds, self.prompt_length, self.temperature, self.top_p = seeds, prompt_length, temperature, top_p
@@ -101,12 +179,77 @@ class SeededSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.temperature == 0:
             return scores
-        z = scores.float() / self.temperature  # (N, V)
-        if self.top_p < 1.0:
-            z = top_p_filter(z, self.top_p)
         t = input_ids.shape[1] - self.prompt_length  # response position being drawn
-        noise = exponential_noise(self.seeds, t, z.shape[-1]).log().float()  # (N, V)
-        return z - noise
+        z, temperature = scores.float(), self.temperature  # (N, V) scores itself when already float32
+        if self.top_p < 1.0:
+            z, temperature = top_p_filter(z / temperature, self.top_p), 1.0
+        z[torch.arange(len(z), device=z.device), race_winners(z, temperature, self.seeds, t)] = float("inf")
+        return z
+
+
+def race_winners(logits: torch.Tensor, temperature: float, seeds: torch.Tensor, t: int) -> torch.Tensor:
+    """(N,) argmax_v of z_v - log E_v, z = logits.float() / temperature (N, V), E from exponential_noise:
+    the same index, bit for bit, as the full formula (z - exponential_noise(...).log().float()).argmax(-1).
+
+    Every token gets a cheap upper bound on its score from its draw h, in int32 over row chunks that stay in
+    cache: with e = 1 - U = (m + 1/2) / 2^32, m = 2^32 - 1 - h, E = -log(1 - e) >= e, so the score is at most
+    z - log e = z + 32 log 2 - log(m + 1/2), and log2 m >= bits(float32(m)) / 2^23 - 127 (a float's bit
+    pattern is its piecewise-linear log2, never above it): two conversions, no logarithm. Only the bounds'
+    maxima over blocks of RACE_BLOCKS tokens are kept; the tokens of the few blocks whose maximum comes near
+    the row's best get the exact score (their draws hashed again), and the best of those wins.
+    """
+    n, vocab = logits.shape
+    key, key_xs = _row_keys(seeds, t)  # (N,) each
+    vocab_xs = _vocab_keys(vocab, logits.device)  # (V,)
+    width = vocab // RACE_BLOCKS  # blocks per row: column c < RACE_BLOCKS * width is in block c % width
+    block_max = torch.empty(n, width, device=logits.device)  # (N, width)
+    rows = max(1, min(n, SAMPLER_CHUNK_ELEMENTS // vocab))
+    h, tmp = (torch.empty(rows, vocab, dtype=torch.int32, device=logits.device) for _ in range(2))
+    scaled = logits.dtype != torch.float32 or temperature != 1.0
+    for s in range(0, n, rows):
+        c, r = slice(s, min(n, s + rows)), min(n, s + rows) - s
+        _hash_(h[:r], key[c, None], key_xs[c, None], vocab_xs, tmp[:r])
+        bound = tmp[:r].view(torch.float32)
+        bound.copy_(h[:r].bitwise_not_().view(torch.uint32))  # float32(m)
+        bound.copy_(bound.view(torch.int32))  # its bit pattern, as a number (element by element, in place)
+        z = h[:r].view(torch.float32).copy_(logits[c]).div_(temperature) if scaled else logits[c]  # (r, V)
+        torch.add(z, bound, alpha=-LN2 / 2 ** 23, out=bound)  # bound - RACE_BOUND
+        torch.amax(bound[:, :RACE_BLOCKS * width].view(r, RACE_BLOCKS, width), 1, out=block_max[c])
+    return _winners(logits, temperature, block_max, key, key_xs, vocab_xs)
+
+
+def _winners(logits: torch.Tensor, temperature: float, block_max: torch.Tensor, key: torch.Tensor,
+             key_xs: torch.Tensor, vocab_xs: torch.Tensor) -> torch.Tensor:
+    """(N,) winners, from the exact scores of the tokens in the blocks near each row's best bound (and of the
+    vocab % RACE_BLOCKS last tokens, which are in no block)."""
+    (n, vocab), width, device = logits.shape, block_max.shape[1], logits.device
+    cut = block_max.amax(-1) - RACE_WINDOW if width else torch.full((n,), -math.inf, device=device)  # (N,)
+    b_rows, b_cols = (~(block_max <= cut[:, None])).nonzero(as_tuple=True)  # (B,) blocks near the best, or NaN
+    tail = torch.arange(RACE_BLOCKS * width, vocab, device=device)  # columns in no block
+    rows = torch.cat([b_rows.repeat_interleave(RACE_BLOCKS), torch.arange(n, device=device).repeat_interleave(
+        len(tail))])  # (K,)
+    cols = torch.cat([(b_cols[:, None] + width * torch.arange(RACE_BLOCKS, device=device)).flatten(),
+                      tail.repeat(n)])  # (K,) the members of those blocks, then the tail
+    score = _exact_scores(logits, temperature, rows, cols, key, key_xs, vocab_xs)  # (K,)
+    best = torch.full((n,), -math.inf, device=device).scatter_reduce_(0, rows, score, "amax")  # (N,)
+    top = score == best[rows]  # (K,)
+    winner = torch.full((n,), vocab, device=device).scatter_reduce_(0, rows[top], cols[top], "amin")  # first best
+    # A token outside those blocks scores at most cut + RACE_BOUND (+ float32 rounding). Where that is not below
+    # `best` (NaN logits, |z| ~ 1e5, or the rare m = 0), the whole row is scored.
+    every = torch.arange(vocab, device=device)
+    for i in (~(best > cut + RACE_BOUND + 1e-3 + 1e-6 * cut.abs())).nonzero().flatten().tolist():
+        winner[i] = _exact_scores(logits, temperature, torch.full_like(every, i), every, key, key_xs,
+                                  vocab_xs).argmax()
+    return winner
+
+
+def _exact_scores(logits: torch.Tensor, temperature: float, rows: torch.Tensor, cols: torch.Tensor,
+                  key: torch.Tensor, key_xs: torch.Tensor, vocab_xs: torch.Tensor) -> torch.Tensor:
+    """(K,) z - log E at (rows, cols): the draws hashed again for these K tokens, the logarithms in float64 and
+    rounded to float32, as the full formula does (that rounding is what the sampled tokens depend on)."""
+    h = _hash_(torch.empty_like(rows, dtype=torch.int32), key[rows], key_xs[rows], vocab_xs[cols],
+               torch.empty_like(rows, dtype=torch.int32))
+    return logits[rows, cols].float() / temperature - _noise_of_bits(h).log().float()
 
 
 def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from dynamo.logprobs import response_token_stats
-from dynamo.rollout import (SeededSampler, decode_responses, exponential_noise, position_ids, response_mask,
-                            sample)
+from dynamo.rollout import (SeededSampler, decode_responses, exponential_noise, position_ids, race_winners,
+                            response_mask, sample, top_p_filter)
 from tests.helpers import tiny
 
 EOS, PAD = 2, 0
@@ -143,3 +143,64 @@ def test_temperature_zero_is_greedy():
     n = greedy.shape[1] - enc["input_ids"].shape[1]
     assert ro.responses[0, :n].tolist() == greedy[0, enc["input_ids"].shape[1]:].tolist()
     assert ro.responses[0].tolist() == ro.responses[1].tolist()
+
+
+# The noise as first written: (N, V) int64 tensors, 32-bit products in 16-bit halves. Kept as the reference
+# that the int32 hash and the sampler's race must reproduce bit for bit (the shipped warmed start's recorded
+# accuracies, and every recorded run, depend on the sampled tokens).
+M32 = 0xFFFFFFFF
+
+
+def _reference_mul32(x, c):
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & M32
+
+
+def _reference_mix32(x):
+    x = _reference_mul32(x ^ (x >> 16), 0x85EBCA6B)
+    x = _reference_mul32(x ^ (x >> 13), 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _reference_noise(seeds, t, vocab):
+    lo, hi = seeds & M32, (seeds >> 32) & M32
+    key = _reference_mix32(lo ^ _reference_mix32(hi ^ _reference_mix32(torch.full_like(seeds, t & M32))))
+    v = _reference_mix32(torch.arange(vocab) ^ 0x9E3779B9)
+    h = _reference_mix32((_reference_mix32(key[:, None] ^ v[None, :]) + key[:, None]) & M32)
+    return -torch.log((h.double() + 0.5) / 2.0 ** 32)
+
+
+def _reference_draw(scores, seeds, t, temperature, top_p):
+    z = scores.float() / temperature
+    if top_p < 1.0:
+        z = top_p_filter(z, top_p)
+    return (z - _reference_noise(seeds, t, z.shape[-1]).log().float()).argmax(-1)
+
+
+def test_noise_equals_the_reference_formula_bit_for_bit():
+    seeds = torch.tensor([0, 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 62 + 12345, 2 ** 63 - 1])
+    for t, vocab in [(0, 1000), (7, 37), (2 ** 32 + 3, 20)]:  # t past 2^32 wraps in both
+        assert torch.equal(exponential_noise(seeds, t, vocab), _reference_noise(seeds, t, vocab))
+
+
+@pytest.mark.parametrize("vocab,scale,temperature,top_p", [(1000, 1.0, 1.0, 1.0), (1000, 30.0, 0.7, 1.0),
+                                                           (4099, 0.01, 1.0, 1.0), (4099, 5.0, 0.6, 0.9),
+                                                           (37, 2.0, 1.3, 1.0), (4, 1.0, 1.0, 1.0)])
+def test_sampler_draws_the_tokens_of_the_reference_formula(vocab, scale, temperature, top_p):
+    # Near-uniform logits (every token a contender), wide ones, a vocabulary below and off the block size.
+    gen = torch.Generator().manual_seed(vocab)
+    seeds = torch.randint(0, 2 ** 63 - 1, (48,), generator=gen)
+    scores = torch.randn(48, vocab, generator=gen) * scale
+    scores[1] = 0.0  # all tied: the exact scores decide
+    scores[2] *= 1e6  # magnitudes where float32 rounding exceeds the bound's margin: the row is scored in full
+    for t in (0, 5):
+        expected = _reference_draw(scores, seeds, t, temperature, top_p)
+        sampler = SeededSampler(seeds, prompt_length=2, temperature=temperature, top_p=top_p)
+        assert torch.equal(sampler(torch.zeros(48, 2 + t, dtype=torch.long), scores.clone()).argmax(-1), expected)
+
+
+def test_race_winners_on_nan_logits_pick_what_argmax_would():
+    gen = torch.Generator().manual_seed(0)
+    seeds = torch.randint(0, 2 ** 63 - 1, (4,), generator=gen)
+    scores = torch.randn(4, 300, generator=gen)
+    scores[0, 17] = float("nan")
+    assert torch.equal(race_winners(scores, 1.0, seeds, 3), _reference_draw(scores, seeds, 3, 1.0, 1.0))
