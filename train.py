@@ -120,6 +120,8 @@ def main(argv: list[str]) -> None:
     metrics_file = open_log(cfg.out_dir, "metrics.jsonl", start) if dist.is_main() else None
     samples_file = open_log(cfg.out_dir, "samples.jsonl", start) if dist.is_main() else None
     p_local = cfg.prompts_per_step // world
+    log(f"skip_zero_advantage={cfg.skip_zero_advantage}: rows whose advantage is 0 "
+        f"{'skip' if skips_zero_advantage(cfg) else 'do not skip'} the old-log-prob pass and the update")
 
     def run_eval(step: int) -> dict | None:
         if not heldout:

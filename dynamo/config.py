@@ -119,8 +119,9 @@ class Config:
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
-    # 'true' also skips under micro-batch-scope modulation, whose normalisers then cover the updated rows only
-    skip_zero_advantage: str = "auto"  # leave rows with advantage 0 (no gradient) out of the old-log-prob pass and the update; 'auto': only where exact
+    skip_zero_advantage: str = "auto"  # leave rows with advantage 0 (no gradient) out of old log-probs and update:
+    # 'auto' where exact (no modulation, or modulation.scope step), 'true' always (micro-batch-scope factors
+    # then see the updated rows only), 'false' never
     activation_checkpointing: bool = False  # recompute each decoder layer in backward (memory for time)
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
