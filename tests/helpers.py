@@ -48,14 +48,15 @@ def merged(*groups) -> list[str]:
 
 # Logged numbers recorded from runs the tests repeat (see the file's "about").
 LOGGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "logged_metrics.json")
-# Fields that come from float reductions: other CPU kernels may move their last bits. Everything else
-# (rewards, counts, lengths, allocation, verifier counters, the schedule) must match exactly.
+# Fields that come from float reductions: other CPU kernels, and the log-probs' vocabulary blocking (newer than
+# the recording), move their last bits, which Adam carries into later steps (up to 2e-5 relative by step 3).
+# Everything else (rewards, counts, lengths, allocation, verifier counters, the schedule) must match exactly.
 FLOAT_FIELDS = ("entropy", "grad_norm", "loss", "approx_kl", "modulation/")
 
 
 def assert_logged_as_recorded(out, name: str) -> None:
     """The run in `out` wrote the recorded metrics.jsonl rows: the same rows, the recorded keys in the same order,
-    the same values (float reductions within 1e-5 relative; on the recording machine they are bitwise equal)."""
+    the same values (float reductions within 1e-4 relative; with the recording's code and machine, bitwise)."""
     recorded = json.load(open(LOGGED))["runs"][name]
     rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
             for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -65,6 +66,6 @@ def assert_logged_as_recorded(out, name: str) -> None:
         assert [k for k in got if k in want] == list(want), (want["step"], list(got), list(want))
         for key, value in want.items():
             if key.startswith(FLOAT_FIELDS) and isinstance(value, float):
-                assert abs(got[key] - value) <= 1e-5 * max(1.0, abs(value)), (want["step"], key, got[key], value)
+                assert abs(got[key] - value) <= 1e-4 * max(1.0, abs(value)), (want["step"], key, got[key], value)
             else:
                 assert got[key] == value, (want["step"], key, got[key], value)
