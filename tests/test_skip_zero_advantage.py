@@ -38,7 +38,7 @@ def test_skipping_leaves_the_update_unchanged_where_exact(config, extra, tmp_pat
         for key in same:
             assert a[s][key] == pytest.approx(b[s][key], rel=1e-6), (s, key)
         for key in ("loss", "grad_norm"):  # the same sum, over fewer (zero) terms: float rounding only
-            assert a[s][key] == pytest.approx(b[s][key], rel=1e-5, abs=1e-7), (s, key)
+            assert a[s][key] == pytest.approx(b[s][key], rel=1e-4, abs=1e-7), (s, key)
     # Adam divides by the root of the second moment, which turns rounding differences of near-zero gradient
     # entries into weight differences of up to a few 1e-6 over several optimiser steps (as between 1 and 2 ranks)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-5
