@@ -113,7 +113,8 @@ class Config:
     allocation: str = "dynamo"  # 'dynamo' (SPEC §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
-    logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
+    logprob_chunk: int = 1024  # most response positions per LM-head block in log-probs/entropy (memory bound;
+    # a block also holds at most 16 MiB of float32 logits)
     activation_checkpointing: bool = False  # recompute each decoder layer in backward (memory for time)
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
