@@ -118,7 +118,8 @@ class Config:
     allocation: str = "dynamo"  # 'dynamo' (docs/ALGORITHM.md §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
-    logprob_chunk: int = 1024  # tokens per chunk when computing log-probs/entropy (memory bound)
+    logprob_chunk: int = 1024  # most response positions per LM-head block in log-probs/entropy (memory bound;
+    # a block also holds at most 16 MiB of float32 logits)
     skip_zero_advantage: str = "auto"  # leave rows with advantage 0 (no gradient) out of old log-probs and update:
     # 'auto' where exact (no modulation, or modulation.scope step), 'true' always (micro-batch-scope factors
     # then see the updated rows only), 'false' never

@@ -60,9 +60,10 @@ class _Head:
 
 
 def _targets_in(targets: torch.Tensor, v0: int, v1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows within the block, positions) of the targets that fall in vocabulary block [v0, v1)."""
-    positions = ((targets >= v0) & (targets < v1)).nonzero().flatten()
-    return targets[positions] - v0, positions
+    """(row within the block (1, C), whether it is in the block (C,)) of each target, for vocabulary block
+    [v0, v1): gathers and scatters with these need no host sync (nonzero would on a GPU)."""
+    inside = (targets >= v0) & (targets < v1)
+    return (targets - v0).clamp_(0, v1 - v0 - 1)[None, :], inside
 
 
 class _Running:
@@ -125,8 +126,8 @@ class _TokenStats(torch.autograd.Function):
             for v0 in range(0, vocab, cols):
                 v1 = min(vocab, v0 + cols)
                 x = head.logits(h, v0, v1)  # (c, C)
-                row, hit = _targets_in(t, v0, v1)
-                run.target[hit] = x[row, hit]
+                row, inside = _targets_in(t, v0, v1)
+                run.target = torch.where(inside, x.gather(0, row)[0], run.target)
                 run.add(x, scratch[:x.numel()].view(x.shape))
             results.append(run.results())
         lse, entropy, logp, *eu = (torch.cat(r) for r in zip(*results))
@@ -152,8 +153,8 @@ class _TokenStats(torch.autograd.Function):
             for v0 in range(0, vocab, cols):
                 v1 = min(vocab, v0 + cols)
                 grad = head.logits(h, v0, v1).sub_(lse[s:s + rows]).exp_().mul_(-gc)  # (c, C) -g pi
-                row, hit = _targets_in(t, v0, v1)
-                grad[row, hit] += gc[hit]  # g (onehot - pi)
+                row, inside = _targets_in(t, v0, v1)
+                grad.scatter_add_(0, row, torch.where(inside, gc, 0.0)[None, :])  # g (onehot - pi)
                 grad = grad.to(weight.dtype)  # the linear layer's backward runs in its dtype, as autograd's would
                 if need_h:
                     _accumulate(grad_h[s:s + rows], v0 == 0, grad.t(), weight[v0:v1])
