@@ -15,6 +15,8 @@ Parts (PARTS below maps a name to a function returning table rows; a new part is
             Qwen2.5 with this vocabulary), --layers 4 of its 24, float32: a shallow model, so the sampler weighs
             as much as it can against the step. The logits are the model's own (near-uniform: every token is a
             contender, the sampler's worst case).
+  zero_adv  seconds in old log-probs + update of whole train.py runs (the main job's config and GRPO's, --za-steps
+            steps from the shipped start), skip_zero_advantage false against true, the runs alternated.
   logprobs  peak memory and time of dynamo.logprobs.response_token_stats against the naive form (logits for
             all positions, log_softmax, gather, entropy), forward alone (no_grad) and forward + backward of a
             weighted sum of the log-probs, temperature 0.7; values and gradients are compared (max |diff|).
@@ -41,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +54,7 @@ from transformers import LogitsProcessor, Qwen2Config, Qwen2ForCausalLM  # noqa:
 from dynamo.logprobs import response_token_stats  # noqa: E402
 from dynamo.rollout import SeededSampler, top_p_filter  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 151_936
 MIB = 1 << 20
 
@@ -340,11 +344,46 @@ def part_logprobs(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# zero_adv: seconds in old log-probs + update of whole train.py runs, every row against skip_zero_advantage
+
+
+def _train_seconds(config: str, steps: int, skip: str, out: str, threads: int) -> tuple[float, float]:
+    """(seconds in old log-probs + update summed over the steps, mean fraction of rows skipped) of one run."""
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", config),
+           f"model={os.path.join(ROOT, 'assets', 'warmed-tiny')}",  # the main job's start, with no warm-up
+           f"steps={steps}", "eval_prompts=8", "eval_samples=1", "eval_every=0", "checkpoint_every=0",
+           "sample_every=0", f"skip_zero_advantage={skip}", f"out_dir={out}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    rows = [r for r in rows if "reward" in r]
+    return (sum(r["time/logprobs"] + r["time/update"] for r in rows),
+            statistics.mean(r["rows_skipped"] for r in rows))
+
+
+def part_zero_adv(args) -> list[dict]:
+    """The main job (default.yaml) and GRPO (grpo.yaml) from the shipped start, `skip_zero_advantage` false
+    against true, the two runs alternated; ratio = (every row) / (rows skipped), median over the pairs."""
+    table = []
+    for config in ("default.yaml", "grpo.yaml"):
+        every, skipped, frac = [], [], 0.0
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                every.append(_train_seconds(config, args.za_steps, "false", os.path.join(tmp, "a"), args.threads)[0])
+                seconds, frac = _train_seconds(config, args.za_steps, "true", os.path.join(tmp, "b"), args.threads)
+                skipped.append(seconds)
+        table.append({"part": "zero_adv", "case": f"{config} {args.za_steps} steps", "time_s": statistics.median(skipped),
+                      "baseline_s": statistics.median(every), "time_ratio": ratio(every, skipped),
+                      "peak_mib": None, "mem_ratio": None,
+                      "note": f"old log-probs + update, every row / rows skipped ({frac:.2f} of rows skipped)"})
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 # A part is a function (parsed arguments) -> rows of the table (dicts with the keys print_table reads); a new
 # part (e.g. the update with and without the zero-advantage rows) is one more entry here, with its options in
 # main() and, if it measures memory in a subprocess, its measurement function in MEASURES.
-PARTS = {"sampler": part_sampler, "logprobs": part_logprobs}
+PARTS = {"sampler": part_sampler, "logprobs": part_logprobs, "zero_adv": part_zero_adv}
 MEASURES = {"sampler": measure_sampler, "logprobs": measure_logprobs}  # kind -> fn(spec dict) -> JSON-able dict
 
 
@@ -382,6 +421,7 @@ def main() -> None:
                         help="logprobs: responses x tokens compared with the naive form (peaks near 4.8 GiB here)")
     parser.add_argument("--lp-big-size", type=int, nargs=2, default=[64, 512], metavar=("ROWS", "TOKENS"),
                         help="logprobs: size measured for the chunked form alone (0 0: skip)")
+    parser.add_argument("--za-steps", type=int, default=16, help="zero_adv: RL steps per train.py run")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one memory measurement, JSON spec
     args = parser.parse_args()
     if args.measure:
@@ -392,7 +432,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.vocab, args.rows, args.cache, args.hidden, args.layers, args.repeats = 4096, [8], 16, 64, 1, 1
-        args.lp_hidden, args.lp_naive_size, args.lp_big_size = 64, [2, 32], [4, 32]
+        args.lp_hidden, args.lp_naive_size, args.lp_big_size, args.za_steps = 64, [2, 32], [4, 32], 1
     if args.lp_big_size == [0, 0]:
         args.lp_big_size = None
     print(f"bench_step: V={args.vocab}, {args.threads} threads, {args.repeats} repeats"
