@@ -66,7 +66,7 @@ def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: 
               t_step: float) -> dict:
     """The `metrics.jsonl` row of one training step, from the reduced sums."""
     return {"step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts, "accuracy": s.correct / s.rollouts,
-            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.entropy_tokens,
+            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.entropy_tokens if s.entropy_tokens else float("nan"),  # nan: every row skipped
             "response_length": s.tokens / s.rollouts, "truncated": s.truncated / s.rollouts,
             "grad_norm": grad_norm, "clip_frac": s.clip / s.rollouts, "approx_kl": s.approx_kl / s.rollouts,
             "loss": s.loss, "skipped_steps": skipped, "rows_skipped": s.rows_skipped / s.rollouts, "lr": lr,
