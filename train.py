@@ -22,6 +22,7 @@ import torch
 
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, rollout_counts
+from dynamo.baselines import entropy_advantages, select_tokens, selects_tokens, w_reinforce_advantages
 from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
 from dynamo.data import PromptOrder, drop_long_prompts, load_problems, render
 from dynamo.evaluate import evaluate, measure_pass_rates
@@ -191,8 +192,12 @@ def main(argv: list[str]) -> None:
         pairs = dist.all_gather_objects(([ids[i] for i in pidx.tolist()], correct.tolist(), gather))
         for rollout_ids, rollout_correct, _ in pairs:
             prompt_stats.update(rollout_ids, rollout_correct)
-        # 4. advantages: normalised within the rollouts of each prompt, any group size (§4)
-        adv = group_advantages(rewards, pidx)  # (N,)
+        # 4. advantages: normalised within the rollouts of each prompt, any group size (§4); or W-REINFORCE's
+        #    fixed weights (docs/COMPARISON.md)
+        if cfg.loss.advantage == "w_reinforce":
+            adv = w_reinforce_advantages(correct, cfg.loss.w_reinforce_lambda)  # (N,)
+        else:
+            adv = group_advantages(rewards, pidx)  # (N,)
         # 5. old log-probs of the behaviour policy (no grad), in micro-batches. A row whose advantage is 0 adds
         #    exactly 0 to the gradient: `skip` leaves it out here (unless the step's normalisers or the
         #    diagnostic need every row) and in the update; the loss denominator still counts its tokens
@@ -228,24 +233,45 @@ def main(argv: list[str]) -> None:
         sums = StepSums(rollouts=n, groups=p_local, t_generate=t_gen, t_logprobs=t_logp)
         grad_norm, clip_frac, approx_kl, factors = 0.0, 0.0, 0.0, {"comp": [], "stab": []}
         n_run = max(1, int(live.sum()))  # rows with a gradient: the clip and KL fractions are means over them
+        lc = cfg.loss  # the baselines' switches (docs/COMPARISON.md); all off: GRPO
+        select_gen = torch.Generator().manual_seed(derive_seed(rl_seed, "select", step, rank))  # Clip-Cov's pick
         for k in range(cfg.mini_batches):
             rows = perm[k * mb_size:(k + 1) * mb_size]
             weights = token_weights(mask[rows], pidx[rows], cfg.loss.aggregation, dist.all_reduce_sum)  # (n_mb, T)
             at = rows_to_run(live[rows], sharded)  # positions in `rows`
+            mb_select = (mini_batch_selection(cfg, model, ro, rows, k, old_logp, entropy, adv_tok, mask, select_gen)
+                         if selects_tokens(lc) and lc.select_scope == "mini_batch" else None)
             opt.zero_grad(set_to_none=True)
             for s in range(0, len(at), cfg.micro_batch_size):
                 at_s = at[s:s + cfg.micro_batch_size]
                 r = rows[at_s]
                 cur = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
                                            temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk,
-                                           with_expected_u=need_u)
+                                           with_expected_u=need_u, entropy_grad=lc.entropy_coef > 0)
                 # 6. modulate (§5): A <- A * beta_comp * beta_stab, both detached
                 a_tok = modulate(cfg, cur, old_logp[r], adv_tok[r], mask[r], norms, factors)  # (n_micro, T)
+                if lc.entropy_adv_alpha > 0:  # Entropy Advantages: A + min(alpha H, |A| / kappa)
+                    a_tok, psi = entropy_advantages(a_tok, cur["entropy"], alpha=lc.entropy_adv_alpha,
+                                                    kappa=lc.entropy_adv_kappa)
+                    sums.psi += (psi * mask[r]).sum().item()
+                # token selection (Fork Tokens, Clip-Cov, KL-Cov) from detached quantities, over its unit
+                if mb_select is not None:
+                    select = mb_select.rows(at_s)
+                elif selects_tokens(lc):
+                    select = select_tokens(lc, cur["logp"].detach(), old_logp[r], cur["entropy"].detach(), adv_tok[r],
+                                           mask[r], select_gen)
+                else:
+                    select = None
                 # 7. update (§6): PPO dual-clip loss, its denominator in `weights`
                 loss, st = ppo_loss(cur["logp"], old_logp[r], a_tok, weights[at_s],
-                                    eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
-                                    dual_clip=cfg.loss.dual_clip)
+                                    eps_low=lc.eps_low, eps_high=lc.eps_high, dual_clip=lc.dual_clip,
+                                    select=select, kl_coef=lc.kl_cov_coef, entropy=cur["entropy"],
+                                    entropy_coef=lc.entropy_coef)
                 loss.backward()
+                if select is not None:
+                    chosen = select.selected() & mask[r].bool()
+                    sums.selected += chosen.sum().item()
+                    sums.kl_abs += st.get("kl_abs_sum", 0.0)
                 sums.loss += loss.item() / cfg.mini_batches  # this rank's part; summed over ranks below
                 clip_frac += st["clip_frac"] * len(r) / n_run
                 approx_kl += st["approx_kl"] * len(r) / n_run
@@ -272,10 +298,12 @@ def main(argv: list[str]) -> None:
         sums.rows_skipped = int((~live).sum())
         sums.parse_failures, sums.timeouts, sums.internal_errors = (
             v1[key] - v0[key] for key in ("parse_failures", "timeouts", "internal_errors"))
-        row = train_row(step, sums.reduced(), world=world, grad_norm=grad_norm, skipped=skipped,
+        reduced = sums.reduced()
+        row = train_row(step, reduced, world=world, grad_norm=grad_norm, skipped=skipped,
                         lr=sched.get_last_lr()[0], t_step=time.time() - t0)
         log(console_line(row))
         row.update(StepGather.telemetry([part for _, _, part in pairs]))
+        row.update(baseline_stats(cfg, reduced))
         row.update(factor_stats(factors))
         if diagnose:
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, micro, old_logp, entropy,
@@ -312,15 +340,50 @@ def main(argv: list[str]) -> None:
 
 def skips_zero_advantage(cfg) -> bool:
     """Whether rows whose advantage is 0 stay out of the old-log-prob pass and the update (config key
-    skip_zero_advantage). Every term of this loss is proportional to the advantage, so such a row adds exactly
-    0 to the gradient; a loss term that is not (an entropy bonus, a KL penalty) would have to turn this off.
-    'auto' skips only where the token factors stay the same: with no modulation, or with step-scope
-    normalisers (computed from every row). Under micro-batch scope the factors' normalisers would cover only
-    the updated rows of each micro-batch, another grouping of the rows."""
+    skip_zero_advantage). GRPO's loss is proportional to the advantage, so such a row adds exactly 0 to the
+    gradient. 'auto' skips only where that stays exact: not under Entropy Loss or KL-Cov (terms that do not
+    vanish with A) nor Fork Tokens or Clip-Cov (their quantile and covariance are over every token), and only
+    where the token factors stay the same: with no modulation, or with step-scope normalisers (computed from
+    every row). Under micro-batch scope the factors' normalisers would cover only the updated rows of each
+    micro-batch, another grouping of the rows."""
     if cfg.skip_zero_advantage != "auto":
         return cfg.skip_zero_advantage == "true"
+    if cfg.loss.entropy_coef > 0 or selects_tokens(cfg.loss):  # their loss or selection needs every row
+        return False
     m = cfg.modulation
     return m.scope == "step" or not (m.compensation or m.stabilization)
+
+
+def mini_batch_selection(cfg, model, ro, rows, k, old_logp, entropy, adv_tok, mask, generator):
+    """loss.select_scope: mini_batch: every selection method's mask over all `rows` of mini-batch k at once, from
+    the current policy's log-probs and entropies. Before the first optimiser step of the RL step they are the
+    old pass's; later ones take a no-grad pass over the mini-batch (the policy has moved)."""
+    if k == 0:
+        logp, ent = old_logp[rows], entropy[rows]
+    else:
+        logp, ent = torch.zeros_like(old_logp[rows]), torch.zeros_like(entropy[rows])  # (n_mb, T)
+        with torch.no_grad():
+            for s in range(0, len(rows), cfg.micro_batch_size):
+                r = rows[s:s + cfg.micro_batch_size]
+                o = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
+                                         temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)
+                logp[s:s + len(r)], ent[s:s + len(r)] = o["logp"], o["entropy"]
+    return select_tokens(cfg.loss, logp, old_logp[rows], ent, adv_tok[rows], mask[rows], generator)
+
+
+def baseline_stats(cfg, s: StepSums) -> dict:
+    """The switched-on baselines' own quantities for the metrics row: the selected-token fraction (Fork Tokens
+    kept, Clip-Cov dropped, KL-Cov penalised), Entropy Advantages' mean psi, KL-Cov's mean |log-ratio| on the
+    penalised tokens. Means over the updated rows' valid tokens (every row is updated under these methods)."""
+    lc, row = cfg.loss, {}
+    tokens = max(s.tokens, 1.0)
+    if selects_tokens(lc):
+        row["baseline/selected_frac"] = s.selected / tokens
+    if lc.entropy_adv_alpha > 0:
+        row["baseline/psi_mean"] = s.psi / tokens
+    if lc.kl_cov_ratio > 0:
+        row["baseline/kl_abs_selected"] = s.kl_abs / s.selected if s.selected else 0.0
+    return row
 
 
 def rows_to_run(live: torch.Tensor, sharded: bool) -> torch.Tensor:

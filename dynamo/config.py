@@ -48,6 +48,20 @@ class LossConfig:
     eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (docs/ALGORITHM.md §6)
     dual_clip: float = 10.0  # dual-clip constant c for negative advantages (docs/ALGORITHM.md §6)
     aggregation: str = "token_mean"  # 'token_mean' (official) | 'prompt_mean' (each prompt weighs the same)
+    # The paper's baselines (docs/COMPARISON.md), each off by default; configs/<name>.yaml turns one on.
+    advantage: str = "grpo"  # 'grpo' group-normalised | 'w_reinforce' (+lambda correct, -1 wrong, no normalisation)
+    w_reinforce_lambda: float = 0.1  # W-REINFORCE's weight of correct responses
+    entropy_coef: float = 0.0  # Entropy Loss: loss -= coef * token-mean of the full-vocabulary entropy (0 = off)
+    entropy_adv_alpha: float = 0.0  # Entropy Advantages: A += min(alpha H, |A| / kappa), H detached (0 = off)
+    entropy_adv_kappa: float = 2.0  # Entropy Advantages' cap |A| / kappa (> 1: the sign of A never flips)
+    fork_top: float = 1.0  # Fork Tokens: only the top fraction of tokens by entropy keep a policy loss (1 = off)
+    clip_cov_ratio: float = 0.0  # Clip-Cov: fraction of tokens whose gradient is dropped (0 = off)
+    clip_cov_low: float = 1.0  # Clip-Cov: candidates have covariance in (low, high)
+    clip_cov_high: float = 5.0
+    kl_cov_ratio: float = 0.0  # KL-Cov: fraction of tokens (top covariance) with the |log-ratio| penalty (0 = off)
+    kl_cov_coef: float = 1.0  # KL-Cov: penalty coefficient
+    select_scope: str = "micro"  # unit of token selection (Fork, Clip-Cov, KL-Cov): each 'micro' batch
+    # (official code) | the whole 'mini_batch' (a no-grad pre-pass over it, once per optimiser step)
 
 
 @dataclass
@@ -160,6 +174,8 @@ CHOICES = {
     "allocator.rule": ("official", "water_level"),
     "allocator.refresh": ("epoch", "step"),
     "loss.aggregation": ("token_mean", "prompt_mean"),
+    "loss.advantage": ("grpo", "w_reinforce"),
+    "loss.select_scope": ("micro", "mini_batch"),
     "reward.extraction": ("boxed", "fallbacks"),
     "modulation.estimate": ("head", "exact", "v0"),
     "modulation.scope": ("micro_batch", "step"),
@@ -250,6 +266,20 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:
         raise ConfigError("config keys 'loss.eps_low' in [0, 1), 'loss.eps_high' >= 0, 'loss.dual_clip' > 1 "
                           f"required, got {cfg.loss.eps_low}, {cfg.loss.eps_high}, {cfg.loss.dual_clip}")
+    ls = cfg.loss
+    if (ls.entropy_coef < 0 or ls.entropy_adv_alpha < 0 or ls.entropy_adv_kappa <= 1 or not 0 < ls.fork_top <= 1
+            or not 0 <= ls.clip_cov_ratio < 1 or not 0 <= ls.kl_cov_ratio < 1 or ls.kl_cov_coef < 0
+            or ls.clip_cov_low >= ls.clip_cov_high):
+        raise ConfigError("config keys 'loss.entropy_coef' >= 0, 'loss.entropy_adv_alpha' >= 0, "
+                          "'loss.entropy_adv_kappa' > 1, 'loss.fork_top' in (0, 1], 'loss.clip_cov_ratio' and "
+                          "'loss.kl_cov_ratio' in [0, 1), 'loss.kl_cov_coef' >= 0, 'loss.clip_cov_low' < "
+                          "'loss.clip_cov_high' required")
+    needs_rows = [k for k, on in (("loss.entropy_coef", ls.entropy_coef > 0), ("loss.kl_cov_ratio", ls.kl_cov_ratio > 0),
+                                  ("loss.fork_top", ls.fork_top < 1), ("loss.clip_cov_ratio", ls.clip_cov_ratio > 0)) if on]
+    if cfg.skip_zero_advantage == "true" and needs_rows:
+        raise ConfigError(f"skip_zero_advantage = true cannot be used with {needs_rows[0]}: that method's loss "
+                          "term or token selection depends on every row, including those with advantage 0 "
+                          "(use auto, which keeps them)")
     if o.lr <= 0 or o.grad_clip <= 0 or o.warmup_steps < 0:
         raise ConfigError("config keys 'optim.lr' and 'optim.grad_clip' must be > 0, 'optim.warmup_steps' >= 0")
     m = cfg.modulation

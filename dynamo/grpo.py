@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from dynamo.baselines import Selection
+
 
 def group_advantages(rewards: torch.Tensor, prompt_index: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g) / (std_g + eps) over the rollouts of the same prompt (Eq. 9).
@@ -65,12 +67,21 @@ def token_weights(mask: torch.Tensor, prompt_index: torch.Tensor, aggregation: s
 
 
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, *,
-             eps_low: float, eps_high: float, dual_clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+             eps_low: float, eps_high: float, dual_clip: float, select: Selection | None = None,
+             kl_coef: float = 1.0, entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO dual-clip policy loss summed with `weights` (Eq. 15); returns (loss, stats).
 
-    logp, old_logp, advantages, weights: (N, T). Advantages are per token (possibly modulated).
-    weights are zero outside the response mask and carry the denominator (see token_weights).
+    logp, old_logp, advantages, weights: (N, T). Advantages are per token (possibly modulated or shaped).
+    weights are zero outside the response mask and carry the denominator (see token_weights); the
+    baselines never change it. With `select` empty and entropy_coef 0 this is GRPO's loss; otherwise, in
+    this order (dynamo/baselines.py):
+      select.keep      Fork Tokens: only the kept tokens have a policy loss
+      select.drop      Clip-Cov: the dropped tokens' loss (and gradient) is multiplied by 0
+      select.penalise  KL-Cov: no PPO clip at all (the plain -A r), + kl_coef |log-ratio| on the penalised tokens
+      entropy_coef     Entropy Loss: - entropy_coef * H summed with the same weights (H keeps its graph)
     """
+    select = select or Selection()
     log_ratio = (logp - old_logp).clamp(-20.0, 20.0)  # (N, T) guards exp against overflow
     ratio = log_ratio.exp()  # (N, T)
     loss1 = -advantages * ratio  # (N, T)
@@ -78,7 +89,17 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
     clipped = torch.maximum(loss1, loss2)  # (N, T) pessimistic PPO bound
     loss3 = -advantages * dual_clip  # (N, T) dual clip: bounds the loss of negative advantages
     per_token = torch.where(advantages < 0, torch.minimum(clipped, loss3), clipped)  # (N, T)
+    if select.penalise is not None:  # KL-Cov replaces the clip by its penalty
+        per_token = loss1
+    if select.keep is not None:
+        per_token = per_token * select.keep
+    if select.drop is not None:
+        per_token = per_token * ~select.drop
+    if select.penalise is not None:
+        per_token = per_token + kl_coef * log_ratio.abs() * select.penalise
     loss = (per_token * weights).sum()
+    if entropy_coef:
+        loss = loss - entropy_coef * (entropy * weights).sum()
     with torch.no_grad():
         valid = weights > 0
         n = valid.sum().clamp(min=1)
@@ -87,4 +108,6 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
             "dual_clip_frac": ((advantages < 0) & (clipped > loss3) & valid).sum().item() / n.item(),
             "approx_kl": (0.5 * (log_ratio ** 2) * valid).sum().item() / n.item(),
         }
+        if select.penalise is not None:
+            stats["kl_abs_sum"] = (log_ratio.abs() * (select.penalise & valid)).sum().item()
     return loss, stats

@@ -106,15 +106,18 @@ class _Running:
 
 
 class _TokenStats(torch.autograd.Function):
-    """Log-prob (differentiable), entropy and expected_u (not) of each target under the LM head.
+    """Log-prob (differentiable), entropy (differentiable when asked) and expected_u (not) of each target
+    under the LM head.
 
-    forward keeps per position only the log-sum-exp; backward recomputes each block's logits and turns them
-    in place into the gradient g (onehot - pi) / temperature of the logits, then into the gradients of the
-    hidden states and of the head's weight (and bias). Nothing of size (positions, V) is saved.
+    forward keeps per position only the log-sum-exp (and the entropy); backward recomputes each block's
+    logits and turns them in place into the gradient of the logits, g (onehot - pi) / temperature for the
+    log-prob's gradient g, plus -gH pi (log pi + H) / temperature for the entropy's gH, then into the
+    gradients of the hidden states and of the head's weight (and bias). Nothing of size (positions, V) is saved.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, with_expected_u: bool):
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, with_expected_u: bool,
+                entropy_grad: bool = False):
         positions, vocab = hidden.shape[0], weight.shape[0]
         rows, cols = block_shape(positions, vocab, chunk)
         head = _Head(weight, bias, temperature, rows, cols)
@@ -131,15 +134,16 @@ class _TokenStats(torch.autograd.Function):
                 run.add(x, scratch[:x.numel()].view(x.shape))
             results.append(run.results())
         lse, entropy, logp, *eu = (torch.cat(r) for r in zip(*results))
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
         ctx.temperature, ctx.rows, ctx.cols = temperature, rows, cols
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
         eu = eu[0] if with_expected_u else entropy.new_empty(0)
-        ctx.mark_non_differentiable(entropy, eu)
+        ctx.mark_non_differentiable(*((eu,) if entropy_grad else (entropy, eu)))
         return logp, entropy, eu
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy, _grad_eu):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp, grad_entropy, _grad_eu):
+        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         rows, cols, vocab = ctx.rows, ctx.cols, weight.shape[0]
         head = _Head(weight, bias, ctx.temperature, rows, cols)
@@ -147,12 +151,20 @@ class _TokenStats(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
         grad_b = torch.empty_like(bias) if need_b else None
-        g = grad_logp.float() / ctx.temperature  # (T,) the logits' gradient is g (onehot - pi)
+        if grad_logp is None:  # only the entropy is differentiated
+            grad_logp = torch.zeros_like(lse)
+        g = grad_logp.float() / ctx.temperature  # (T,) the logits' gradient is g (onehot - pi) [- gH pi (log pi + H)]
+        gh = None if grad_entropy is None else grad_entropy.float() / ctx.temperature  # (T,)
         for s in range(0, len(hidden), rows):
             h, t, gc = hidden[s:s + rows], targets[s:s + rows], g[s:s + rows]
             for v0 in range(0, vocab, cols):
                 v1 = min(vocab, v0 + cols)
-                grad = head.logits(h, v0, v1).sub_(lse[s:s + rows]).exp_().mul_(-gc)  # (c, C) -g pi
+                logp = head.logits(h, v0, v1).sub_(lse[s:s + rows])  # (c, C) log pi
+                if gh is None:
+                    grad = logp.exp_().mul_(-gc)  # (c, C) -g pi
+                else:  # -pi (g + gH (log pi + H))
+                    coef = torch.add(logp, entropy[s:s + rows]).mul_(gh[s:s + rows]).add_(gc)  # (c, C)
+                    grad = logp.exp_().mul_(coef.neg_())
                 row, inside = _targets_in(t, v0, v1)
                 grad.scatter_add_(0, row, torch.where(inside, gc, 0.0)[None, :])  # g (onehot - pi)
                 grad = grad.to(weight.dtype)  # the linear layer's backward runs in its dtype, as autograd's would
@@ -162,7 +174,7 @@ class _TokenStats(torch.autograd.Function):
                     _accumulate(grad_w[v0:v1], s == 0, grad, h)
                 if need_b:
                     _accumulate(grad_b[v0:v1], s == 0, grad.sum(1))
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _accumulate(dest: torch.Tensor, first: bool, a: torch.Tensor, b: torch.Tensor | None = None) -> None:
@@ -176,23 +188,27 @@ def _accumulate(dest: torch.Tensor, first: bool, a: torch.Tensor, b: torch.Tenso
 
 
 def response_token_stats(model, input_ids, attention_mask, prompt_length: int, *, temperature: float = 1.0,
-                         chunk: int = 1024, with_expected_u: bool = False) -> dict[str, torch.Tensor]:
+                         chunk: int = 1024, with_expected_u: bool = False,
+                         entropy_grad: bool = False) -> dict[str, torch.Tensor]:
     """Log-prob of each response token under `model`, and the entropy of each response position.
 
     input_ids / attention_mask: (N, Lp + T), left-padded prompts then responses.
     Returns tensors of shape (N, T): 'logp', 'entropy' (and 'expected_u', see
     stabilizer.expected_u_from_logits); the caller masks them.
-    Entropy and expected_u are detached (they only feed detached factors and logging).
+    Entropy is detached unless `entropy_grad` (the Entropy Loss baseline's bonus is differentiated);
+    expected_u always is (they feed detached factors and logging).
     `chunk` caps the positions per block (BLOCK_BYTES caps them too). The LM head must be a linear layer.
     Runs as the model's forward (dist.run_as_forward), so it works on an FSDP2-sharded model too.
     """
     flat = dist.run_as_forward(model, _flat_token_stats, model, input_ids, attention_mask, prompt_length,
-                               temperature, chunk, with_expected_u)  # name -> (N*T,)
+                               temperature, chunk, with_expected_u, entropy_grad)  # name -> (N*T,)
     n, t = input_ids.shape[0], input_ids.shape[1] - prompt_length
-    return {name: v.view(n, t) if name == "logp" else v.detach().view(n, t) for name, v in flat.items()}
+    graph = {"logp"} | ({"entropy"} if entropy_grad else set())
+    return {name: v.view(n, t) if name in graph else v.detach().view(n, t) for name, v in flat.items()}
 
 
-def _flat_token_stats(model, input_ids, attention_mask, prompt_length, temperature, chunk, with_expected_u):
+def _flat_token_stats(model, input_ids, attention_mask, prompt_length, temperature, chunk, with_expected_u,
+                      entropy_grad):
     base = getattr(model, model.base_model_prefix)  # the decoder without the LM head
     lm_head = model.get_output_embeddings()
     hidden = base(input_ids=input_ids, attention_mask=attention_mask,
@@ -203,5 +219,5 @@ def _flat_token_stats(model, input_ids, attention_mask, prompt_length, temperatu
     h = hidden[:, prompt_length - 1:-1].reshape(n * t, -1)  # (N*T, D)
     targets = input_ids[:, prompt_length:].reshape(n * t)  # (N*T,)
     logp, entropy, eu = _TokenStats.apply(h, lm_head.weight, lm_head.bias, targets, temperature, chunk,
-                                          with_expected_u)
+                                          with_expected_u, entropy_grad)
     return {"logp": logp, "entropy": entropy, **({"expected_u": eu} if with_expected_u else {})}  # (N*T,) each

@@ -40,6 +40,9 @@ class StepSums:
     t_update: float = 0.0
     rows_skipped: float = 0.0  # rows left out of the update (advantage 0, skip_zero_advantage)
     entropy_tokens: float = 0.0  # response tokens whose entropy was computed (rows skipped by the old pass are not)
+    selected: float = 0.0  # tokens the switched-on selection baseline selected (docs/COMPARISON.md)
+    psi: float = 0.0  # Entropy Advantages: sum of psi over valid tokens
+    kl_abs: float = 0.0  # KL-Cov: sum of |log-ratio| over the penalised tokens
 
     def reduced(self) -> StepSums:
         """The same fields summed over all ranks (one all-reduce, in float64)."""

@@ -3,6 +3,7 @@
     python scripts/experiments.py                       # 6 arms x 3 seeds x 80 steps, 2 runs at a time (CPU)
     python scripts/experiments.py --aggregate-only      # tables and plots from the runs already on disk
     python scripts/experiments.py --quick --out /tmp/q  # 2 arms x 1 seed x 3 tiny steps (a smoke test)
+    python scripts/experiments.py --comparison --out runs/comparison   # the paper's table: 9 arms x 3 rl_seeds
 
 Every arm is `python train.py --config configs/<arm>.yaml seed=S out_dir=<out>/<arm>/seed<S>` with the
 same overrides, so learning rate, budget (prompts_per_step x rollouts_per_prompt rollouts per step),
@@ -38,9 +39,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ["grpo", "default", "no_modulation", "uniform_allocation", "compensation_only", "stabilization_only"]
+# --comparison: the rows of the paper's main table, GRPO, the seven baselines (docs/COMPARISON.md) and DynaMO
+PAPER_ARMS = ["grpo", "clip_higher", "entropy_loss", "fork_tokens", "entropy_adv", "clip_cov", "kl_cov",
+              "w_reinforce", "default"]
+# Four optimiser steps per RL step: with one, every update is on-policy (ratio 1), where Clip-Higher and KL-Cov
+# are exactly GRPO; the paper's run takes 16. Same start for every run (the shipped one), seeds to rl_seed.
+COMPARISON = ["mini_batches=4"]
 ARM_LABELS = {"grpo": "GRPO", "default": "DynaMO (full)", "no_modulation": "allocation only",
               "uniform_allocation": "modulation only", "compensation_only": "compensation only",
-              "stabilization_only": "stabilisation only"}
+              "stabilization_only": "stabilisation only", "clip_higher": "Clip-Higher",
+              "entropy_loss": "Entropy Loss", "fork_tokens": "Fork Tokens", "entropy_adv": "Entropy Advantages",
+              "clip_cov": "Clip-Cov", "kl_cov": "KL-Cov", "w_reinforce": "W-REINFORCE"}
 # --quick: tiny everything (as tests/test_train_smoke.py); train_pool 8 / 4 prompts per step makes step 3 the
 # first step of epoch 2, so the allocation path runs too.
 QUICK = ["steps=3", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=14", "eval_samples=2",
@@ -161,7 +170,17 @@ def run_curves(run: dict) -> dict:
         "response_length": sum(r["response_length"] for r in run["steps"]) / len(run["steps"]),
         "rl_seconds": sum(r.get("time/step", 0.0) for r in run["steps"]),
         "epoch_steps": epoch_steps,
+        "auc": area_under_curve([r["step"] for r in evals], [r["eval/accuracy"] for r in evals]),
     }
+
+
+def area_under_curve(steps: list[int], acc: list[float]) -> float:
+    """Trapezoid area under held-out accuracy against step, divided by the steps covered: the run's mean
+    accuracy over training (so a method that learns earlier scores higher at the same final accuracy)."""
+    if len(steps) < 2:
+        return acc[0] if acc else float("nan")
+    area = sum((b - a) * (x + y) / 2 for a, b, x, y in zip(steps, steps[1:], acc, acc[1:]))
+    return area / (steps[-1] - steps[0])
 
 
 def _mean(xs: list[float]) -> float:
@@ -189,7 +208,8 @@ def aggregate(out: str, arms: list[str], seeds: list[int]) -> dict:
                  "train_reward": mean_se([x["train_reward"] for x in c]),
                  "comp_mean": mean_se([x["comp_mean"] for x in c]), "damped_frac": mean_se([x["damped_frac"] for x in c]),
                  "response_length": mean_se([x["response_length"] for x in c]),
-                 "rl_seconds": mean_se([x["rl_seconds"] for x in c]), "epoch_steps": c[0]["epoch_steps"]}
+                 "rl_seconds": mean_se([x["rl_seconds"] for x in c]), "epoch_steps": c[0]["epoch_steps"],
+                 "auc": mean_se([x["auc"] for x in c])}
         # curves: mean +- SE at each evaluated step (all seeds share the eval steps and per-step budget)
         steps = c[0]["eval_steps"]
         entry["curve"] = {"step": steps, "rollouts": c[0]["rollouts"],
@@ -206,6 +226,7 @@ def aggregate(out: str, arms: list[str], seeds: list[int]) -> dict:
                                                for s in paired])
             entry["gain_minus_grpo"] = mean_se([done[(a, s)]["summary"]["gain"] - done[(base, s)]["summary"]["gain"]
                                                 for s in paired])
+            entry["auc_minus_grpo"] = mean_se([done[(a, s)]["auc"] - done[(base, s)]["auc"] for s in paired])
             entry["paired_seeds"] = paired
             entry["curve"]["acc_minus_grpo"] = [mean_se([done[(a, s)]["eval_acc"][i] - done[(base, s)]["eval_acc"][i]
                                                          for s in paired]) for i in range(len(steps))]
@@ -223,9 +244,30 @@ def pm(x: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{m * scale:.{digits}f} ± {se * scale:.{digits}f}"
 
 
+def paper_table(res: dict) -> list[str]:
+    """The paper's main-table layout: one row per method, the end accuracy per difficulty level (the paper's
+    benchmarks), their mean, the paired difference to GRPO and the area under the accuracy curve."""
+    arms = res["arms"]
+    first = next(iter(arms.values()), None)
+    if not first:
+        return []
+    levels = list(first["levels_end"])
+    lines = ["| method | " + " | ".join(levels) + " | held-out (all) | − GRPO (paired) | AUC | AUC − GRPO |",
+             "|---|" + "---|" * (len(levels) + 4)]
+    for a, e in arms.items():
+        cells = [pm(e["levels_end"][lv]) for lv in levels]
+        lines.append(f"| {ARM_LABELS.get(a, a)} | " + " | ".join(cells) + f" | **{pm(e['end'])}** | "
+                     + (pm(e["end_minus_grpo"]) if "end_minus_grpo" in e else "—") + f" | {pm(e['auc'])} | "
+                     + (pm(e["auc_minus_grpo"]) if "auc_minus_grpo" in e else "—") + " |")
+    return lines + ["", "Final held-out pass@1 per level and over all held-out problems, mean ± SE across seeds; "
+                    "`− GRPO` pairs each seed with GRPO's run of the same seed; AUC is the mean held-out accuracy over "
+                    "the run (trapezoid over the evaluations, divided by the steps).", ""]
+
+
 def markdown(res: dict) -> str:
     arms = res["arms"]
     lines = [f"Command: `{res['command']}`" + (f" (tables: `{res['aggregated_by']}`)" if "aggregated_by" in res else ""), ""]
+    lines += paper_table(res)
     lines += ["| arm | seeds | held-out start | held-out end | gain | end − GRPO (paired) | zero-adv groups "
               "(after epoch 1) | informative rollouts (after epoch 1) | mean response tokens |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -321,12 +363,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each with OMP_NUM_THREADS=1)")
     parser.add_argument("--out", default="runs/exp", help="one directory per arm and seed under it")
     parser.add_argument("--quick", action="store_true", help="grpo and default, seed 0, 3 tiny steps (a test)")
+    parser.add_argument("--comparison", action="store_true", help="the paper's table: GRPO, the seven baselines and "
+                        "DynaMO (" + " ".join(COMPARISON) + ", seeds to rl_seed: one shared start)")
     parser.add_argument("--aggregate-only", action="store_true", help="no training: tables from the runs on disk")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have summary.json")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run (e.g. steps=40 eval_every=20)")
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     overrides = list(args.overrides)
+    if args.comparison:
+        if args.arms == ARMS:
+            args.arms = PAPER_ARMS
+        args.seed_key = "rl_seed"
+        given = {o.split("=", 1)[0] for o in overrides}
+        overrides = [o for o in COMPARISON if o.split("=", 1)[0] not in given] + overrides
     if args.quick:
         if args.arms == ARMS:
             args.arms = ["grpo", "default"]

@@ -49,6 +49,31 @@ def test_values_and_gradients_equal_the_naive_form(monkeypatch, chunk, vocab_blo
         assert (a - b).abs().max() < 1e-4, name
 
 
+@pytest.mark.parametrize("with_logp", [True, False])
+def test_entropy_gradient_equals_the_naive_form(monkeypatch, with_logp):
+    """entropy_grad (the Entropy Loss baseline): the gradient of H, alone or with the log-prob's, equals
+    autograd through the full log-softmax; without it the entropy stays out of the graph."""
+    monkeypatch.setattr(logprobs, "VOCAB_BLOCK", 16)
+    hidden, weight, bias, targets, upstream = _inputs(3)
+    up_h = torch.randn(len(targets), generator=torch.Generator().manual_seed(4))  # d loss / d H
+
+    def grads(fn):
+        for p in (hidden, weight, bias):
+            p.grad = None
+        logp, entropy, _ = fn(hidden, weight, bias, targets, 0.7)
+        loss = (entropy * up_h).sum()
+        ((logp * upstream).sum() + loss if with_logp else loss).backward()  # logp unused: its gradient is None
+        return [hidden.grad.clone(), weight.grad.clone(), bias.grad.clone()]
+
+    blocked = grads(lambda *a: _TokenStats.apply(*a, 7, False, True))
+    naive = grads(_naive)
+    for name, a, b in zip(["hidden", "weight", "bias"], blocked, naive):
+        assert (a - b).abs().max() < 1e-4, name
+        assert b.abs().max() > 1e-2, name  # the entropy term moves every gradient
+    _, entropy, _ = _TokenStats.apply(hidden, weight, bias, targets, 0.7, 7, False, False)
+    assert not entropy.requires_grad
+
+
 def test_blocks_follow_the_byte_budget(monkeypatch):
     assert block_shape(10 ** 6, 151_936, 1024) == (1024, 4096)  # 16 MiB of float32 logits
     assert block_shape(3072, 20, 1024) == (1024, 20) and block_shape(10, 151_936, 3) == (3, 4096)

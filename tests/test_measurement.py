@@ -51,3 +51,18 @@ def test_experiments_quick(tmp_path):
     assert "end_minus_grpo" in out["arms"]["default"]
     md = (tmp_path / "results.md").read_text()
     assert "python scripts/experiments.py" in md and "| GRPO (`grpo`)" in md
+    assert "| method |" in md and "AUC" in md  # the paper's layout, with the area under the curve
+    e = out["arms"]["grpo"]
+    assert 0.0 <= e["auc"][0] <= 1.0
+
+
+def test_area_under_the_accuracy_curve():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("experiments", os.path.join(ROOT, "scripts", "experiments.py"))
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    assert math.isclose(exp.area_under_curve([0, 20, 40], [0.2, 0.4, 0.4]), 0.35)  # (0.3 * 20 + 0.4 * 20) / 40
+    assert math.isclose(exp.area_under_curve([0, 10, 40], [0.0, 0.4, 0.4]), 0.35)  # uneven spacing: (2 + 12) / 40
+    assert set(exp.PAPER_ARMS) == {"grpo", "default", "clip_higher", "entropy_loss", "fork_tokens", "entropy_adv",
+                                   "clip_cov", "kl_cov", "w_reinforce"}
+    assert all(os.path.exists(os.path.join(ROOT, "configs", f"{a}.yaml")) for a in exp.PAPER_ARMS)
