@@ -133,7 +133,7 @@ def main(argv: list[str]) -> None:
         levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
         log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
             f"| {time.time() - t0:.1f}s")
-        write_row(metrics_file, {"step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
+        write_row(metrics_file, {"kind": "eval", "step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
                                  **{f"eval/{k}": v for k, v in res["levels"].items()}})
         return res
 

@@ -64,9 +64,10 @@ class StepGather:
 
 def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: int, lr: float,
               t_step: float) -> dict:
-    """The `metrics.jsonl` row of one training step, from the reduced sums."""
-    return {"step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts, "accuracy": s.correct / s.rollouts,
-            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.entropy_tokens if s.entropy_tokens else float("nan"),  # nan: every row skipped
+    """The `metrics.jsonl` row of one training step, from the reduced sums; `kind` tells it from eval rows."""
+    return {"kind": "train", "step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts,
+            "accuracy": s.correct / s.rollouts, "zero_adv_groups": s.zero_adv_groups / s.groups,
+            "entropy": s.entropy / s.entropy_tokens if s.entropy_tokens else float("nan"),  # nan: every row skipped
             "response_length": s.tokens / s.rollouts, "truncated": s.truncated / s.rollouts,
             "grad_norm": grad_norm, "clip_frac": s.clip / s.rollouts, "approx_kl": s.approx_kl / s.rollouts,
             "loss": s.loss, "skipped_steps": skipped, "rows_skipped": s.rows_skipped / s.rollouts, "lr": lr,
@@ -94,6 +95,20 @@ def open_log(out_dir: str, name: str, start: int):
     elif start == 1 and os.path.exists(path):
         os.remove(path)  # a fresh run owns its directory's logs
     return open(path, "a")
+
+
+def read_metrics(run_dir: str) -> dict[str, list[dict]]:
+    """A run's metrics.jsonl rows by their `kind`: {"train": [...], "eval": [...]}, each in file order."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a train.py output directory?)")
+    rows: dict[str, list[dict]] = {"train": [], "eval": []}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault(row.get("kind"), []).append(row)  # logs older than `kind`: under None
+    return rows
 
 
 def write_row(file, row: dict) -> None:
