@@ -282,10 +282,14 @@ def main(argv: list[str]) -> None:
                                                                         adv_tok, mask, old_u)
         write_row(metrics_file, row)
         if samples_file and cfg.sample_every and step % cfg.sample_every == 0:
-            for i in range(min(4, n)):
-                write_row(samples_file, {"step": step, "prompt": problems[pidx[i]].prompt, "response": texts[i],
-                                         "reference": problems[pidx[i]].answer, "reward": rewards[i].item(),
-                                         "advantage": adv[i].item()})
+            seen = [0] * p_local  # rows of each prompt so far: a row's index within its prompt's group
+            for i in range(min(cfg.samples_per_step, n)):
+                j = int(pidx[i])
+                write_row(samples_file, {"step": step, "prompt_id": ids[j], "level": problems[j].level,
+                                         "allocated": counts[j], "group": seen[j], "prompt": problems[j].prompt,
+                                         "response": texts[i], "reference": problems[j].answer,
+                                         "reward": rewards[i].item(), "advantage": adv[i].item()})
+                seen[j] += 1
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
         stop = stop_request.agreed()  # every rank stops after the same step
