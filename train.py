@@ -274,7 +274,7 @@ def main(argv: list[str]) -> None:
             v1[key] - v0[key] for key in ("parse_failures", "timeouts", "internal_errors"))
         row = train_row(step, sums.reduced(), world=world, grad_norm=grad_norm, skipped=skipped,
                         lr=sched.get_last_lr()[0], t_step=time.time() - t0)
-        log(console_line(row))
+        log(console_line(row, clip=cfg.mini_batches > 1))  # one mini-batch: ratios are 1, nothing clipped
         row.update(StepGather.telemetry([part for _, _, part in pairs]))
         row.update(factor_stats(factors))
         if diagnose:

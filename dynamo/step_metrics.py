@@ -77,11 +77,14 @@ def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: 
             "verifier/internal_errors": s.internal_errors, "time/step": t_step}
 
 
-def console_line(row: dict) -> str:
+def console_line(row: dict, clip: bool = True) -> str:
+    """One line of the row. `clip=False` leaves out the PPO clip fraction where it is always 0 (one mini-batch:
+    the update starts from the policy that sampled, so every ratio is 1); metrics.jsonl keeps it."""
     return (f"step {row['step']:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} "
             f"zero-adv {row['zero_adv_groups']:.2f} | ent {row['entropy']:.3f} len {row['response_length']:.1f} "
-            f"trunc {row['truncated']:.2f} | gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} "
-            f"| gen {row['time/generate']:.2f}s logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
+            f"trunc {row['truncated']:.2f} | gnorm {row['grad_norm']:.3f}"
+            + (f" clip {row['clip_frac']:.3f}" if clip else "")
+            + f" | gen {row['time/generate']:.2f}s logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
 
 
 def open_log(out_dir: str, name: str, start: int):
