@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
         levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
         log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
             f"| {time.time() - t0:.1f}s")
-        write_row(metrics_file, {"step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
+        write_row(metrics_file, {"kind": "eval", "step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
                                  **{f"eval/{k}": v for k, v in res["levels"].items()}})
         return res
 
@@ -301,7 +301,7 @@ def main(argv: list[str]) -> None:
         reduced = sums.reduced()
         row = train_row(step, reduced, world=world, grad_norm=grad_norm, skipped=skipped,
                         lr=sched.get_last_lr()[0], t_step=time.time() - t0)
-        log(console_line(row))
+        log(console_line(row, clip=cfg.mini_batches > 1))  # one mini-batch: ratios are 1, nothing clipped
         row.update(StepGather.telemetry([part for _, _, part in pairs]))
         row.update(baseline_stats(cfg, reduced))
         row.update(factor_stats(factors))
@@ -310,10 +310,14 @@ def main(argv: list[str]) -> None:
                                                                         adv_tok, mask, old_u)
         write_row(metrics_file, row)
         if samples_file and cfg.sample_every and step % cfg.sample_every == 0:
-            for i in range(min(4, n)):
-                write_row(samples_file, {"step": step, "prompt": problems[pidx[i]].prompt, "response": texts[i],
-                                         "reference": problems[pidx[i]].answer, "reward": rewards[i].item(),
-                                         "advantage": adv[i].item()})
+            seen = [0] * p_local  # rows of each prompt so far: a row's index within its prompt's group
+            for i in range(min(cfg.samples_per_step, n)):
+                j = int(pidx[i])
+                write_row(samples_file, {"step": step, "prompt_id": ids[j], "level": problems[j].level,
+                                         "allocated": counts[j], "group": seen[j], "prompt": problems[j].prompt,
+                                         "response": texts[i], "reference": problems[j].answer,
+                                         "reward": rewards[i].item(), "advantage": adv[i].item()})
+                seen[j] += 1
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             run_eval(step)
         stop = stop_request.agreed()  # every rank stops after the same step

@@ -36,7 +36,7 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "c
 # The config keys a run may change when it resumes: none of them changes what is trained. Any other
 # difference between a checkpoint's resolved config and the resuming run's stops the resume.
 RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
-                  "sample_every", "logprob_chunk", "activation_checkpointing", "device",
+                  "sample_every", "samples_per_step", "logprob_chunk", "activation_checkpointing", "device",
                   "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped")
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 

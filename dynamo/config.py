@@ -145,7 +145,9 @@ class Config:
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     resume: str = ""  # '' = start fresh, 'auto' = newest complete checkpoint in out_dir (if any), or a path
     overwrite: bool = False  # a fresh run into an out_dir holding another run's outputs deletes them first
-    sample_every: int = 20  # dump (prompt, response, reward, advantage) samples every k steps
+    sample_every: int = 20  # write rollouts to samples.jsonl every k steps (0 = never)
+    samples_per_step: int = 4  # rollouts written each such step (0 = none): the first rows of the step, with
+    # prompt id, level, allocated count and index in its group; under several ranks rank 0 writes its own rows only
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
     # built-in task: the difficulty levels in use (addK: K-digit + K-digit, mulK: K-digit x 1-digit)
@@ -247,6 +249,9 @@ def _check(cfg: Config) -> None:
         value = getattr(getattr(cfg, section) if section else cfg, name)
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    for key in ("sample_every", "samples_per_step"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     r, a, o = cfg.rollout, cfg.allocator, cfg.optim
     if not 0.0 < r.temperature:
         raise ConfigError(f"config key 'rollout.temperature' must be > 0, got {r.temperature}")

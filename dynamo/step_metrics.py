@@ -67,9 +67,10 @@ class StepGather:
 
 def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: int, lr: float,
               t_step: float) -> dict:
-    """The `metrics.jsonl` row of one training step, from the reduced sums."""
-    return {"step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts, "accuracy": s.correct / s.rollouts,
-            "zero_adv_groups": s.zero_adv_groups / s.groups, "entropy": s.entropy / s.entropy_tokens if s.entropy_tokens else float("nan"),  # nan: every row skipped
+    """The `metrics.jsonl` row of one training step, from the reduced sums; `kind` tells it from eval rows."""
+    return {"kind": "train", "step": step, "reward": (2 * s.correct - s.rollouts) / s.rollouts,
+            "accuracy": s.correct / s.rollouts, "zero_adv_groups": s.zero_adv_groups / s.groups,
+            "entropy": s.entropy / s.entropy_tokens if s.entropy_tokens else float("nan"),  # nan: every row skipped
             "response_length": s.tokens / s.rollouts, "truncated": s.truncated / s.rollouts,
             "grad_norm": grad_norm, "clip_frac": s.clip / s.rollouts, "approx_kl": s.approx_kl / s.rollouts,
             "loss": s.loss, "skipped_steps": skipped, "rows_skipped": s.rows_skipped / s.rollouts, "lr": lr,
@@ -79,11 +80,14 @@ def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: 
             "verifier/internal_errors": s.internal_errors, "time/step": t_step}
 
 
-def console_line(row: dict) -> str:
+def console_line(row: dict, clip: bool = True) -> str:
+    """One line of the row. `clip=False` leaves out the PPO clip fraction where it is always 0 (one mini-batch:
+    the update starts from the policy that sampled, so every ratio is 1); metrics.jsonl keeps it."""
     return (f"step {row['step']:4d} | reward {row['reward']:+.3f} acc {row['accuracy']:.3f} "
             f"zero-adv {row['zero_adv_groups']:.2f} | ent {row['entropy']:.3f} len {row['response_length']:.1f} "
-            f"trunc {row['truncated']:.2f} | gnorm {row['grad_norm']:.3f} clip {row['clip_frac']:.3f} "
-            f"| gen {row['time/generate']:.2f}s logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
+            f"trunc {row['truncated']:.2f} | gnorm {row['grad_norm']:.3f}"
+            + (f" clip {row['clip_frac']:.3f}" if clip else "")
+            + f" | gen {row['time/generate']:.2f}s logp {row['time/logprobs']:.2f}s upd {row['time/update']:.2f}s")
 
 
 def open_log(out_dir: str, name: str, start: int):
@@ -97,6 +101,20 @@ def open_log(out_dir: str, name: str, start: int):
     elif start == 1 and os.path.exists(path):
         os.remove(path)  # a fresh run owns its directory's logs
     return open(path, "a")
+
+
+def read_metrics(run_dir: str) -> dict[str, list[dict]]:
+    """A run's metrics.jsonl rows by their `kind`: {"train": [...], "eval": [...]}, each in file order."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a train.py output directory?)")
+    rows: dict[str, list[dict]] = {"train": [], "eval": []}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault(row.get("kind"), []).append(row)  # logs older than `kind`: under None
+    return rows
 
 
 def write_row(file, row: dict) -> None:

@@ -53,6 +53,7 @@ from transformers import LogitsProcessor, Qwen2Config, Qwen2ForCausalLM  # noqa:
 
 from dynamo.logprobs import response_token_stats  # noqa: E402
 from dynamo.rollout import SeededSampler, top_p_filter  # noqa: E402
+from dynamo.step_metrics import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 151_936
@@ -354,8 +355,7 @@ def _train_seconds(config: str, steps: int, skip: str, out: str, threads: int) -
            f"steps={steps}", "eval_prompts=8", "eval_samples=1", "eval_every=0", "checkpoint_every=0",
            "sample_every=0", f"skip_zero_advantage={skip}", f"out_dir={out}"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    rows = [r for r in rows if "reward" in r]
+    rows = read_metrics(out)["train"]
     return (sum(r["time/logprobs"] + r["time/update"] for r in rows),
             statistics.mean(r["rows_skipped"] for r in rows))
 

@@ -24,7 +24,8 @@ seed in the config, `--seed-key <key>` sends the seeds there and keeps seed 0's 
 
 Runs whose `summary.json` exists are skipped (rerun the command after an interruption); each run logs to
 `<out>/<arm>/seed<S>/train.log`. Results: `<out>/results.json`, `<out>/results.md`, and PNG plots when
-matplotlib is installed (optional: `pip install matplotlib`).
+matplotlib is installed (optional: `pip install matplotlib`): held-out accuracy against rollouts and tokens,
+and every finished run's training curves (`curves.png`, drawn by `python -m dynamo.plot`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dynamo.plot import plot_runs, pyplot  # noqa: E402
+from dynamo.step_metrics import read_metrics  # noqa: E402
+
 ARMS = ["grpo", "default", "no_modulation", "uniform_allocation", "compensation_only", "stabilization_only"]
 # --comparison: the rows of the paper's main table, GRPO, the seven baselines (docs/COMPARISON.md) and DynaMO
 PAPER_ARMS = ["grpo", "clip_higher", "entropy_loss", "fork_tokens", "entropy_adv", "clip_cov", "kl_cov",
@@ -125,15 +130,13 @@ def load_run(d: str) -> dict | None:
     """One finished run: its config, step rows, eval rows and summary; None if it did not finish."""
     if not os.path.exists(os.path.join(d, "summary.json")):
         return None
-    with open(os.path.join(d, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_metrics(d)
     with open(os.path.join(d, "summary.json")) as f:
         summary = json.load(f)
     import yaml
     with open(os.path.join(d, "config.yaml")) as f:
         cfg = yaml.safe_load(f)
-    return {"cfg": cfg, "steps": [r for r in rows if "reward" in r], "evals": [r for r in rows if "eval/accuracy" in r],
-            "summary": summary}
+    return {"cfg": cfg, "steps": rows["train"], "evals": rows["eval"], "summary": summary}
 
 
 def run_curves(run: dict) -> dict:
@@ -324,16 +327,15 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(res: dict, out: str) -> list[str]:
-    """Accuracy against rollouts and against tokens; needs matplotlib (optional)."""
+def plots(res: dict, out: str, run_dirs: list[str]) -> list[str]:
+    """Accuracy against rollouts and against tokens (mean over seeds), and every run's training curves
+    (dynamo.plot); needs matplotlib (optional)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[plots] matplotlib is not installed: no PNG plots (pip install matplotlib)", flush=True)
+        plt = pyplot()
+    except ImportError as e:
+        print(f"[plots] {e}: no PNG plots", flush=True)
         return []
-    paths = []
+    paths = [plot_runs(run_dirs, os.path.join(out, "curves.png"))] if run_dirs else []
     for x_key, x_label, name in (("rollouts", "cumulative rollouts", "acc_vs_rollouts.png"),
                                  ("tokens", "cumulative generated tokens", "acc_vs_tokens.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -411,7 +413,9 @@ def main() -> None:
     md = markdown(res)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
-    res_plots = plots(res, args.out)
+    finished = [run_dir(args.out, a, s) for s in args.seeds for a in args.arms
+                if os.path.exists(os.path.join(run_dir(args.out, a, s), "summary.json"))]
+    res_plots = plots(res, args.out, finished)
     print(md)
     print(f"wrote {args.out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in res_plots)
           + f" ({wall:.0f}s)")

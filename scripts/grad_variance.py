@@ -57,6 +57,7 @@ from dynamo.config import load_config  # noqa: E402
 from dynamo.data import load_problems, render  # noqa: E402
 from dynamo.grpo import group_advantages, ppo_loss, token_weights  # noqa: E402
 from dynamo.logprobs import response_token_stats  # noqa: E402
+from dynamo.plot import pyplot  # noqa: E402
 from dynamo.reward import score  # noqa: E402
 from dynamo.rollout import decode_responses, derive_seed, sample  # noqa: E402
 
@@ -417,11 +418,9 @@ def table(rep: dict) -> str:
 def plot(rep: dict, out: str) -> str | None:
     """Measured vs predicted ratios, and per-prompt variance against the proxy; needs matplotlib (optional)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[plot] matplotlib is not installed: no PNG (pip install matplotlib)")
+        plt = pyplot()
+    except ImportError as e:
+        print(f"[plot] {e}: no PNG")
         return None
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, e in zip(axes[:2], ESTIMATORS):

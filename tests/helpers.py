@@ -5,6 +5,7 @@ import os
 import torch
 
 from dynamo.model import prepare_tokenizer, tiny_model, tiny_tokenizer
+from dynamo.step_metrics import read_metrics
 
 
 def tiny(seed: int = 0):
@@ -19,8 +20,7 @@ def tiny(seed: int = 0):
 
 def step_rows(out) -> dict:
     """{step: metrics row without its timings} of a train.py run's metrics.jsonl."""
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if "reward" in r}
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(out)["train"]}
 
 
 # The warmed start shipped with the repository: the same weights on every machine, so a short run from it

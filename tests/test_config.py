@@ -37,10 +37,17 @@ def test_yaml_then_overrides_in_both_spellings(tmp_path):
     (["allocator.rule=greedy"], "'allocator.rule'"),
     (["modulation.estimate=guess"], "'modulation.estimate'"),
     (["preset=decay7"], "'preset'"),
+    (["samples_per_step=-1"], "'samples_per_step' must be >= 0"),
+    (["sample_every=-2"], "'sample_every' must be >= 0"),
 ])
 def test_bad_values_name_the_key(args, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(args)
+
+
+def test_samples_per_step_defaults_to_4_and_may_be_0():
+    assert load_config([]).samples_per_step == 4
+    assert load_config(["samples_per_step=0"]).samples_per_step == 0  # no samples.jsonl rows
 
 
 def test_yaml_errors(tmp_path):

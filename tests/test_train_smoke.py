@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small everything, from the shipped warmed start (the warm-up and its cache are tested in test_warmup.py and,
 # through train.py, by tests/test_measurement.py's experiment runner).
 SMALL = ["steps=2", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=14", "eval_samples=2",
-         "train_pool=16", f"model={SHIPPED_START}", "sample_every=1", "rollout.max_new_tokens=40"]
+         "train_pool=16", f"model={SHIPPED_START}", "sample_every=1", "samples_per_step=6", "rollout.max_new_tokens=40"]
 
 
 def run(args, tmp_path, launcher=(sys.executable,), timeout=300):
@@ -28,6 +28,10 @@ def read_metrics(out):
         return [json.loads(line) for line in f]
 
 
+def step_lines(printed: str) -> list[str]:
+    return [line for line in printed.splitlines() if line.startswith("step ")]
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
@@ -40,15 +44,25 @@ def test_single_process_run_writes_everything(single_run):
     tmp, res = single_run
     out = tmp / "out"
     rows = read_metrics(out)
-    steps = [r for r in rows if "reward" in r]
+    assert {r["kind"] for r in rows} == {"train", "eval"}  # every row says what it is
+    steps = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]
     for key in ("reward", "accuracy", "zero_adv_groups", "entropy", "response_length", "truncated",
                 "grad_norm", "clip_frac", "time/generate", "time/update"):
         assert key in steps[0]
-    assert any("eval/accuracy" in r for r in rows)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2] and all("eval/accuracy" in r and "reward" not in r for r in evals)
     assert "step    2 | reward" in res.stdout
+    # mini_batches 1: the update starts from the sampling policy, nothing is clipped, so the console leaves clip out
+    assert all(" clip " not in line for line in step_lines(res.stdout)) and steps[0]["clip_frac"] == 0
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
-    assert {"prompt", "response", "reward", "advantage"} <= set(samples[0])
+    assert [r["step"] for r in samples] == [1] * 6 + [2] * 6  # samples_per_step rows every sample_every step
+    assert {"prompt_id", "level", "allocated", "group", "prompt", "response", "reward", "advantage"} <= set(samples[0])
+    # epoch 1 is uniform (4 rollouts each) and rows come prompt by prompt: 4 of the first prompt, 2 of the second
+    assert [(r["allocated"], r["group"]) for r in samples[:6]] == [(4, 0), (4, 1), (4, 2), (4, 3), (4, 0), (4, 1)]
+    first, second = samples[0], samples[4]
+    assert first["prompt_id"] != second["prompt_id"] and all(r["prompt_id"] == first["prompt_id"] for r in samples[:4])
+    assert first["level"] in ("add1", "add2", "add3", "add4", "mul2", "mul3", "mul4")
     assert (out / "config.yaml").exists() and (out / "summary.json").exists()
     summary = json.loads((out / "summary.json").read_text())  # the run's identity travels with its result
     assert summary["config_file"].endswith("configs/default.yaml") and len(summary["config_sha256"]) == 16
@@ -68,8 +82,11 @@ def in_process(args, capsys) -> str:
 
 def test_checkpoint_is_a_model_directory(single_run, tmp_path, capsys):
     tmp, _ = single_run  # the checkpoint the first run saved is a plain Hugging Face directory
-    out = in_process([*SMALL, "steps=1", f"model={tmp / 'out' / 'final'}", f"out_dir={tmp_path / 'out'}"], capsys)
+    out = in_process([*SMALL, "steps=1", f"model={tmp / 'out' / 'final'}", f"out_dir={tmp_path / 'out'}",
+                      "samples_per_step=0", "mini_batches=2"], capsys)
     assert "[warmup]" not in out and "step    1 | reward" in out
+    assert (tmp_path / "out" / "samples.jsonl").read_text() == ""  # samples_per_step 0: a sampled step writes none
+    assert " clip " in step_lines(out)[0]  # two mini-batches: the second one's ratios can be clipped
 
 
 def test_rl_seed_changes_rollouts_but_not_the_start(single_run, tmp_path, capsys):
@@ -88,7 +105,7 @@ def test_torchrun_two_processes(single_run, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     res = run([*SMALL, f"out_dir={tmp_path / 'out'}"], tmp_path, launcher)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    steps = [r for r in read_metrics(tmp_path / "out") if "reward" in r]
+    steps = [r for r in read_metrics(tmp_path / "out") if r["kind"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]  # rank 0 alone writes
     assert res.stdout.count("step    2 | reward") == 1
 
