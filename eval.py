@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dynamo import distributed as dist
 from dynamo import metrics
 from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
-from dynamo.data import read_jsonl, render
+from dynamo.data import benchmark_name, read_jsonl, render
 from dynamo.evaluate import sample_and_score
 from dynamo.model import load_pretrained
 from dynamo.task import LEVELS, split
@@ -108,10 +108,7 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list]:
         if path == "arithmetic":
             name, problems = "arithmetic", split(cfg.task_levels, cfg.task_seed, 0, cfg.task_problems)[1]
         else:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            generic = stem in ("test", "train", "validation", "val", "data")
-            name = os.path.basename(os.path.dirname(os.path.abspath(path))) if generic else stem
-            problems = read_jsonl(path)  # file:line on malformed rows or unknown formats
+            name, problems = benchmark_name(path), read_jsonl(path)  # file:line on malformed rows or unknown formats
         if name in out:
             raise ValueError(f"two data sets are named {name!r}; rename one of the files")
         out[name] = problems

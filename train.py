@@ -24,7 +24,7 @@ from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, rollout_counts
 from dynamo.baselines import entropy_advantages, select_tokens, selects_tokens, w_reinforce_advantages
 from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
-from dynamo.data import PromptOrder, drop_long_prompts, load_problems, render
+from dynamo.data import PromptOrder, drop_long_prompts, load_problems, read_benchmarks, render
 from dynamo.evaluate import evaluate, measure_pass_rates
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
@@ -73,6 +73,7 @@ def main(argv: list[str]) -> None:
             dist.shutdown()
             return
         pool, heldout = load_problems(cfg)
+        benchmarks = read_benchmarks(cfg.eval_data)  # validation sets, {name: problems}
         torch.manual_seed(cfg.seed)
         if resume:  # the policy (and its tokenizer) come back from the checkpoint
             model, tokenizer = load_pretrained(resume, dtype)
@@ -97,13 +98,15 @@ def main(argv: list[str]) -> None:
         dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
     pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
     heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
+    bench_prompts = {name: [render(p.prompt, cfg.template, tokenizer) for p in probs]
+                     for name, probs in benchmarks.items()}
     rl_seed = cfg.seed if cfg.rl_seed < 0 else cfg.rl_seed  # prompt order and sampling; not warm-up or eval
     order = PromptOrder(len(pool), rl_seed)
     prompt_stats = PromptStats()  # per-prompt (G, k): the allocator's only state, saved with checkpoints
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))
-    start, bad_steps, skipped, first_eval, oracle = 1, 0, 0, None, None
+    start, bad_steps, skipped, first_eval, first_bench, oracle = 1, 0, 0, None, None, None
     if state:  # exact resume: everything the next step depends on (sampling seeds derive from the step)
         checkpoint.load_optimizer(resume, model, opt)
         sched.load_state_dict(state["scheduler"])
@@ -111,7 +114,7 @@ def main(argv: list[str]) -> None:
         prompt_stats.load_state_dict(state["prompt_stats"])
         checkpoint.set_rng_state(state["rng"][rank if len(state["rng"]) == world else 0])
         start, bad_steps, skipped = state["step"] + 1, state["bad_steps"], state["skipped"]
-        first_eval, oracle = state["first_eval"], state["oracle"]
+        first_eval, first_bench, oracle = state["first_eval"], state.get("first_benchmarks"), state["oracle"]
         log(f"resumed from {resume} at step {state['step']}")
         if state["world_size"] != world:  # each rank allocates within its own prompts (§3)
             log(f"note: the checkpoint was written by {state['world_size']} ranks and this run has {world}: "
@@ -124,23 +127,37 @@ def main(argv: list[str]) -> None:
     log(f"skip_zero_advantage={cfg.skip_zero_advantage}: rows whose advantage is 0 "
         f"{'skip' if skips_zero_advantage(cfg) else 'do not skip'} the old-log-prob pass and the update")
 
-    def run_eval(step: int) -> dict | None:
-        if not heldout:
-            return None
-        t0 = time.time()
-        res = evaluate(model, tokenizer, heldout, heldout_prompts, samples=cfg.eval_samples,
-                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                       max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"))
-        levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
-        log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
-            f"| {time.time() - t0:.1f}s")
-        write_row(metrics_file, {"kind": "eval", "step": step, "eval/accuracy": res["accuracy"], "eval/se": res["se"],
-                                 **{f"eval/{k}": v for k, v in res["levels"].items()}})
-        return res
+    def run_eval(step: int) -> tuple[dict | None, dict]:
+        """The built-in task's held-out split and every eval_data benchmark, into one metrics row:
+        (held-out result or None, {benchmark: result})."""
+        kw = dict(samples=cfg.eval_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                  max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"))
+        row, res, t0 = {"kind": "eval", "step": step}, None, time.time()
+        if heldout:
+            res = evaluate(model, tokenizer, heldout, heldout_prompts, **kw)
+            levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
+            log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
+                f"| {time.time() - t0:.1f}s")
+            row.update({"eval/accuracy": res["accuracy"], "eval/se": res["se"],
+                        **{f"eval/{k}": v for k, v in res["levels"].items()}})
+        t0, k = time.time(), cfg.eval_samples
+        bench = {name: evaluate(model, tokenizer, probs, bench_prompts[name], fallbacks=True, **kw)
+                 for name, probs in benchmarks.items()}  # graded as eval.py grades (unboxed endings too)
+        if bench:
+            mean_acc = sum(r["accuracy"] for r in bench.values()) / len(bench)
+            log(f"eval step {step:4d} | " + " | ".join(f"{n} avg@{k} {r['accuracy']:.4f} +- {r['se']:.4f}"
+                                                       for n, r in bench.items())
+                + f" | mean {mean_acc:.4f} | {time.time() - t0:.1f}s")
+            for n, r in bench.items():
+                row.update({f"eval/{n}/avg@{k}": r["accuracy"], f"eval/{n}/se": r["se"]})
+            row[f"eval/mean/avg@{k}"] = mean_acc
+        if res or bench:
+            write_row(metrics_file, row)
+        return res, bench
 
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit
-    if first_eval is None:
-        first_eval = run_eval(0)
+    if first_eval is None and first_bench is None:
+        first_eval, first_bench = run_eval(0)
     t_start = time.time()
 
     def save_checkpoint(step: int) -> str:  # collective: every rank calls it
@@ -150,6 +167,7 @@ def main(argv: list[str]) -> None:
         state = {"step": step, "scheduler": sched.state_dict(), "order": order.state_dict(),
                  "prompt_stats": prompt_stats.state_dict(), "rng": dist.all_gather_objects(checkpoint.rng_state()),
                  "world_size": world, "bad_steps": bad_steps, "skipped": skipped, "first_eval": first_eval,
+                 "first_benchmarks": first_bench,
                  "oracle": oracle, "config": to_dict(cfg)}
         return checkpoint.save(cfg.out_dir, step, model, tokenizer, opt, state, keep=cfg.keep_checkpoints)
 
@@ -330,14 +348,15 @@ def main(argv: list[str]) -> None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
             save_checkpoint(step)
 
-    last_eval = run_eval(cfg.steps)
+    last_eval, last_bench = run_eval(cfg.steps)
     path = save_checkpoint(cfg.steps)
     if dist.is_main():
         checkpoint.mark_final(cfg.out_dir, path)
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
-        if first_eval and last_eval:
+        bench = {n: (first_bench[n], r) for n, r in last_bench.items() if n in (first_bench or {})}
+        if (first_eval and last_eval) or bench:
             summarise(first_eval, last_eval, cfg.out_dir,
-                      {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)})
+                      {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)}, benchmarks=bench)
     stop_request.restore()
     dist.shutdown()
 

@@ -56,8 +56,8 @@ class LossConfig:
     entropy_adv_kappa: float = 2.0  # Entropy Advantages' cap |A| / kappa (> 1: the sign of A never flips)
     fork_top: float = 1.0  # Fork Tokens: only the top fraction of tokens by entropy keep a policy loss (1 = off)
     clip_cov_ratio: float = 0.0  # Clip-Cov: fraction of tokens whose gradient is dropped (0 = off)
-    clip_cov_low: float = 1.0  # Clip-Cov: candidates have covariance in (low, high)
-    clip_cov_high: float = 5.0
+    clip_cov_low: float = 1.0  # Clip-Cov: lower end of the candidates' covariance band (low, high)
+    clip_cov_high: float = 5.0  # Clip-Cov: upper end of that covariance band
     kl_cov_ratio: float = 0.0  # KL-Cov: fraction of tokens (top covariance) with the |log-ratio| penalty (0 = off)
     kl_cov_coef: float = 1.0  # KL-Cov: penalty coefficient
     select_scope: str = "micro"  # unit of token selection (Fork, Clip-Cov, KL-Cov): each 'micro' batch
@@ -141,6 +141,8 @@ class Config:
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
     eval_prompts: int = 256  # held-out prompts per evaluation
     eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
+    eval_data: list = field(default_factory=list)  # benchmark JSONL files evaluated like the held-out split (step 0,
+    # every eval_every steps, the end; eval_samples each, graded in evaluation mode): validation curves
     checkpoint_every: int = 20  # save a resumable checkpoint every k steps (0 = only at the end and on a stop signal)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     resume: str = ""  # '' = start fresh, 'auto' = newest complete checkpoint in out_dir (if any), or a path

@@ -72,6 +72,24 @@ def load_problems(cfg) -> tuple[list[Problem], list[Problem]]:
     return problems, []  # held-out evaluation of real data sets is eval.py's job
 
 
+def benchmark_name(path: str) -> str:
+    """A benchmark file's name in logs and tables: its stem, or its folder's name for test.jsonl and the like."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    generic = stem in ("test", "train", "validation", "val", "data")
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) if generic else stem
+
+
+def read_benchmarks(paths: list[str]) -> dict[str, list[Problem]]:
+    """{name: problems} of the `eval_data` files; malformed rows stop with file and line."""
+    out = {}
+    for path in paths:
+        name = benchmark_name(path)
+        if name in out:
+            raise ValueError(f"two eval_data files are named {name!r}; rename one of them")
+        out[name] = read_jsonl(path)
+    return out
+
+
 def render(problem_text: str, template: str, tokenizer) -> str:
     """The prompt string the model continues."""
     if template == "plain":

@@ -60,17 +60,19 @@ def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples:
 
 
 def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, temperature: float, top_p: float,
-             max_new_tokens: int, seed: int, batch_size: int = 512) -> dict:
+             max_new_tokens: int, seed: int, batch_size: int = 512, fallbacks: bool = False) -> dict:
     """Mean accuracy over problems (each the mean of `samples` draws: avg@k) with its standard error.
 
     Ranks take problems[rank::world] and the per-problem results are gathered, so every rank returns
-    the same numbers. `batch_size` counts rollouts per generate call.
+    the same numbers. `batch_size` counts rollouts per generate call. `fallbacks` grades as eval.py does
+    (unboxed final answers count too); the built-in held-out split is graded as the training reward is.
     """
     mine = list(range(dist.rank(), len(problems), dist.world_size()))
     per_problem = {}
     for j, records in sample_and_score(model, tokenizer, [problems[i] for i in mine], [prompts[i] for i in mine],
                                        samples=samples, temperature=temperature, top_p=top_p,
-                                       max_new_tokens=max_new_tokens, seed=seed, batch_rollouts=batch_size):
+                                       max_new_tokens=max_new_tokens, seed=seed, batch_rollouts=batch_size,
+                                       fallbacks=fallbacks):
         per_problem[mine[j]] = [r["correct"] for r in records]
     merged = {}
     for part in dist.all_gather_objects(per_problem):

@@ -123,14 +123,37 @@ def write_row(file, row: dict) -> None:
         file.flush()
 
 
-def summarise(first: dict, last: dict, out_dir: str, identity: dict) -> None:
-    """Start vs end held-out accuracy with the standard error of the paired difference, and the run's identity."""
+def paired(first: dict, last: dict) -> dict:
+    """Start and end accuracy of one evaluation set, and their difference with the standard error of the
+    difference paired over problems (the same problems, evaluated twice)."""
     diff = [b - a for a, b in zip(first["per_problem"], last["per_problem"])]
     d = sum(diff) / len(diff)
-    se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff))
-    summary = {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
-               "gain": d, "gain_se": se, "levels_start": first["levels"], "levels_end": last["levels"], **identity}
-    print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
-          f"(gain {d:+.4f} +- {se:.4f} SE, paired over {len(diff)} problems)", flush=True)
+    se = math.sqrt(sum((x - d) ** 2 for x in diff) / (len(diff) - 1) / len(diff)) if len(diff) > 1 else float("nan")
+    return {"start": first["accuracy"], "start_se": first["se"], "end": last["accuracy"], "end_se": last["se"],
+            "gain": d, "gain_se": se, "problems": len(diff)}
+
+
+def summarise(first: dict | None, last: dict | None, out_dir: str, identity: dict,
+              benchmarks: dict[str, tuple[dict, dict]] | None = None) -> None:
+    """summary.json: start vs end of the held-out split (top-level keys) and of each eval_data benchmark
+    (`benchmarks`, with their unweighted mean in `benchmarks_mean`), and the run's identity."""
+    summary = {}
+    if first and last:
+        summary = paired(first, last)
+        summary.pop("problems")
+        summary.update(levels_start=first["levels"], levels_end=last["levels"])
+        print(f"held-out pass@1: {first['accuracy']:.4f} -> {last['accuracy']:.4f} (gain {summary['gain']:+.4f} "
+              f"+- {summary['gain_se']:.4f} SE, paired over {len(first['per_problem'])} problems)", flush=True)
+    if benchmarks:
+        per = {name: paired(a, b) for name, (a, b) in benchmarks.items()}
+        n = len(per)
+        summary["benchmarks"] = per
+        summary["benchmarks_mean"] = {  # the benchmarks are independent samples: their SEs add in quadrature
+            key: sum(p[key] for p in per.values()) / n for key in ("start", "end", "gain")} | {
+            key: math.sqrt(sum(p[key] ** 2 for p in per.values())) / n for key in ("start_se", "end_se", "gain_se")}
+        for name, p in per.items():
+            print(f"{name}: {p['start']:.4f} -> {p['end']:.4f} (gain {p['gain']:+.4f} +- {p['gain_se']:.4f} SE, "
+                  f"paired over {p['problems']} problems)", flush=True)
+    summary.update(identity)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
