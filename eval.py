@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dynamo import distributed as dist
 from dynamo import metrics
 from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
-from dynamo.data import benchmark_name, read_jsonl, render
+from dynamo.data import benchmark_name, check_context, read_problems, render
 from dynamo.evaluate import sample_and_score
 from dynamo.model import load_pretrained
 from dynamo.task import LEVELS, split
@@ -108,7 +108,7 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list]:
         if path == "arithmetic":
             name, problems = "arithmetic", split(cfg.task_levels, cfg.task_seed, 0, cfg.task_problems)[1]
         else:
-            name, problems = benchmark_name(path), read_jsonl(path)  # file:line on malformed rows or unknown formats
+            name, problems = benchmark_name(path), read_problems(path)  # file:line on malformed rows or unknown formats
         if name in out:
             raise ValueError(f"two data sets are named {name!r}; rename one of the files")
         out[name] = problems
@@ -177,18 +177,26 @@ def main(argv: list[str]) -> None:
                           else "cpu")
     model, tokenizer = load_pretrained(cfg.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype])
     model.to(device).eval()
+    templates = {name: cfg.template if cfg.template != "auto" else "plain" if name == "arithmetic" else "boxed"
+                 for name in benchmarks}
+    try:  # every prompt rendered and measured before any sampling
+        rendered = {name: [render(p, templates[name], tokenizer) for p in problems]
+                    for name, problems in benchmarks.items()}
+        for name, prompts in rendered.items():
+            check_context(prompts, name, tokenizer, cfg.max_new_tokens, model)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
 
     # ---------------------------------------------------------------- sample: rank r takes every world-th problem
     with open(os.path.join(cfg.output, "parts", f"rank{rank}.jsonl"), "a") as out:
         for name, problems in benchmarks.items():
-            template = cfg.template if cfg.template != "auto" else "plain" if name == "arithmetic" else "boxed"
             finished = {i for i, p in enumerate(problems)
                         if all(s in done.get((name, p.prompt_id), {}) for s in range(cfg.k))}
             log(f"{name}: {len(problems)} problems, {len(finished)} finished earlier (skipped), "
                 f"{len(problems) - len(finished)} to sample")
             mine = list(range(rank, len(problems), world))
             skip = [j for j, i in enumerate(mine) if i in finished]
-            prompts = [render(problems[i].prompt, template, tokenizer) for i in mine]
+            prompts = [rendered[name][i] for i in mine]
             bar = tqdm(total=len(mine) - len(skip), desc=name, unit="problem", disable=not dist.is_main())
             for j, records in sample_and_score(model, tokenizer, [problems[i] for i in mine], prompts, samples=cfg.k,
                                                temperature=cfg.temperature, top_p=cfg.top_p,

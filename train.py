@@ -24,7 +24,7 @@ from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, rollout_counts
 from dynamo.baselines import entropy_advantages, select_tokens, selects_tokens, w_reinforce_advantages
 from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
-from dynamo.data import PromptOrder, drop_long_prompts, load_problems, read_benchmarks, render
+from dynamo.data import PromptOrder, check_context, drop_long_prompts, load_problems, read_benchmarks, render
 from dynamo.evaluate import evaluate, measure_pass_rates
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
@@ -85,6 +85,13 @@ def main(argv: list[str]) -> None:
         else:
             model, tokenizer = load_pretrained(cfg.model, dtype)
         pool = drop_long_prompts(cfg, pool, tokenizer, log)
+        pool_prompts = [render(p, cfg.template, tokenizer) for p in pool]
+        heldout_prompts = [render(p, cfg.template, tokenizer) for p in heldout]
+        bench_prompts = {name: [render(p, cfg.template, tokenizer) for p in probs]
+                         for name, probs in benchmarks.items()}
+        for what, prompts in [("the training data", pool_prompts), ("the held-out split", heldout_prompts),
+                              *((f"eval_data {name!r}", prompts) for name, prompts in bench_prompts.items())]:
+            check_context(prompts, what, tokenizer, cfg.rollout.max_new_tokens, model)
     except (OSError, ValueError, WarmupError) as e:
         sys.exit(f"error: {e}")
     if dist.is_main():
@@ -96,10 +103,6 @@ def main(argv: list[str]) -> None:
     if dist.active() and cfg.parallel.fsdp:  # under torchrun: FSDP2 over all ranks (python train.py: plain)
         mp = cfg.parallel.mixed_precision
         dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
-    pool_prompts = [render(p.prompt, cfg.template, tokenizer) for p in pool]
-    heldout_prompts = [render(p.prompt, cfg.template, tokenizer) for p in heldout]
-    bench_prompts = {name: [render(p.prompt, cfg.template, tokenizer) for p in probs]
-                     for name, probs in benchmarks.items()}
     rl_seed = cfg.seed if cfg.rl_seed < 0 else cfg.rl_seed  # prompt order and sampling; not warm-up or eval
     order = PromptOrder(len(pool), rl_seed)
     prompt_stats = PromptStats()  # per-prompt (G, k): the allocator's only state, saved with checkpoints

@@ -21,6 +21,7 @@ class Problem:
     prompt: str  # the text the model continues
     answer: str  # reference answer (what the box must contain)
     level: str  # difficulty level (built-in task) or the data set name
+    messages: tuple = ()  # a chat prompt as written in the data ((role, content), ...); empty: `prompt` is the problem
 
 
 def worked_answer(a: int, b: int, op: str) -> str:

@@ -273,7 +273,7 @@ def main() -> None:
     if len(pool) < args.prompts:
         sys.exit(f"the training pool has {len(pool)} prompts, fewer than --prompts {args.prompts}")
     problems = pool[:args.prompts]  # levels interleaved: a heterogeneous batch, fixed by the seed
-    prompts = [render(p.prompt, cfg.template, tokenizer) for p in problems]
+    prompts = [render(p, cfg.template, tokenizer) for p in problems]
     refs = [p.answer for p in problems]
     P, budget, a = len(problems), len(problems) * args.n, cfg.allocator
     print(f"model {args.model}: {flat.dim if not args.proj else sum(p.numel() for p in params):,} parameters"
