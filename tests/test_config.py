@@ -69,9 +69,26 @@ def test_ablation_configs_differ_from_the_main_job_by_their_own_lines():
     assert grpo.out_dir == os.path.join("runs", "grpo")
     d5 = load_config(["--config", os.path.join(root, "decay5.yaml")])
     assert (d5.modulation.alpha, d5.modulation.tau) == (0.4, 0.9)
-    for name in os.listdir(root):
+    names = [n for n in os.listdir(root) if n.endswith(".yaml")]
+    names += [os.path.join("paper", n) for n in os.listdir(os.path.join(root, "paper"))]
+    for name in names:
         cfg = load_config(["--config", os.path.join(root, name)])  # every shipped config is valid
-        assert cfg.out_dir.endswith(os.path.splitext(name)[0])
+        assert cfg.out_dir.endswith(os.path.splitext(os.path.basename(name))[0])
+
+
+def test_paper_recipe_has_the_official_run_scripts_values():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs", "paper")
+    c = load_config(["--config", os.path.join(root, "qwen2.5-math-7b.yaml")])
+    assert (c.prompts_per_step, c.rollouts_per_prompt, c.allocator.n_min, c.allocator.n_max) == (512, 16, 8, 24)
+    assert c.prompts_per_step // c.mini_batches == 32 and c.allocation == "dynamo"
+    assert (c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay, c.optim.grad_clip) == (1e-6, 10, 0.1, 1.0)
+    assert (c.loss.eps_low, c.loss.eps_high, c.loss.dual_clip) == (0.2, 0.28, 10.0)
+    assert (c.rollout.temperature, c.rollout.top_p) == (1.0, 1.0)
+    assert c.modulation.compensation and c.modulation.stabilization and c.modulation.tau == 0.99  # decay6
+    assert (c.eval_every, c.checkpoint_every, c.steps, len(c.eval_data)) == (5, 20, 2000, 6)
+    small = load_config(["--config", os.path.join(root, "qwen2.5-math-1.5b-1gpu.yaml")])
+    assert (small.optim.lr, small.loss.eps_high, small.modulation.tau) == (1e-6, 0.28, 0.99)  # kept from the base
+    assert small.prompts_per_step * small.rollouts_per_prompt < c.prompts_per_step * c.rollouts_per_prompt
 
 
 def test_print_config_errors_without_a_traceback():
