@@ -1,4 +1,4 @@
-"""Models and tokenizers: any local Hugging Face causal-LM directory, or the embedded tiny model.
+"""Models and tokenizers: any local Hugging Face causal-LM directory, a GGUF file, or the embedded tiny model.
 
 The embedded tiny model is a Qwen2-style decoder (about 1 M parameters) with a 20-token vocabulary
 built here with the `tokenizers` library, wrapped in `PreTrainedTokenizerFast` so that `generate`,
@@ -45,8 +45,35 @@ def tiny_model(tokenizer, seed: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
+def load_gguf(path: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a GGUF file, dequantised: a plain model that trains and saves like any other."""
+    import importlib.util
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"model {path!r} is a GGUF file: reading it needs {' and '.join(missing)} "
+                         f"(pip install {' '.join(missing)}); it is dequantised to float32 on load")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file not found: {path!r}")
+    folder, name = os.path.split(os.path.abspath(path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    # transformers flags a model read from GGUF as quantised and refuses to save it: rebuild it plain.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+    model.to(dtype)
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
 def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local Hugging Face directory; never touches the network."""
+    """(model, tokenizer) from a local Hugging Face directory or a .gguf file; never touches the network."""
+    if path.lower().endswith(".gguf"):
+        return load_gguf(path, dtype)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path!r} (config key 'model': use 'tiny' "
                                 "or a local Hugging Face model directory)")

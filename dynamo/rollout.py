@@ -33,18 +33,32 @@ class Rollouts:
     prompt_index: torch.Tensor  # (N,) which of the P prompts each row answers
     truncated: torch.Tensor  # (N,) bool: no EOS within max_new_tokens
     prompt_length: int  # Lp: responses start at this column
+    eos_ids: tuple = ()  # the token ids that ended a response (tokenizer's EOS and generation_config's)
 
     @property
     def responses(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length:]  # (N, T)
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS and each EOS id of the model's generation_config
+    (instruct models often list two, e.g. <|im_end|> and <|endoftext|>)."""
+    ids = [tokenizer.eos_token_id]
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in extra if isinstance(extra, (list, tuple)) else [extra]:
+        if i is not None and i not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def response_mask(responses: torch.Tensor, eos_token_id) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, truncated): mask keeps every token up to and including the first EOS, drops the rest.
+    `eos_token_id` is one id or a list of them (any one ends the response).
 
     Positional, never by token value: padding after EOS is dropped even when pad == EOS.
     """
-    is_eos = responses == eos_token_id  # (N, T)
+    eos = torch.as_tensor(eos_token_id, device=responses.device).reshape(-1)
+    is_eos = torch.isin(responses, eos)  # (N, T)
     # Number of EOS tokens strictly before each position; a position is kept while that count is 0.
     eos_before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()  # (N, T)
     mask = (eos_before == 0).long()  # (N, T)
@@ -277,6 +291,7 @@ def sample(model, tokenizer, prompts: list[str], counts: list[int], *, seeds: li
     ids, attn = ids[prompt_index.to(device)], attn[prompt_index.to(device)]  # (N, Lp)
     was_training = model.training
     model.eval()
+    eos = stop_ids(model, tokenizer)
     # Greedy decoding over the scores SeededSampler returns is sampling. The processors a checkpoint's
     # generation_config could switch on under greedy decoding are switched off, so the behaviour
     # policy is exactly softmax(z / temperature) (nucleus-filtered), the policy trained.
@@ -284,18 +299,18 @@ def sample(model, tokenizer, prompts: list[str], counts: list[int], *, seeds: li
                          logits_processor=[SeededSampler(row_seeds, ids.shape[1], temperature, top_p)],
                          repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
                          max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, synced_gpus=dist.is_sharded(model))  # (N, Lp + T)
+                         eos_token_id=eos, synced_gpus=dist.is_sharded(model))  # (N, Lp + T)
     model.train(was_training)
     lp = ids.shape[1]
-    mask, truncated = response_mask(out[:, lp:], tokenizer.eos_token_id)  # (N, T)
+    mask, truncated = response_mask(out[:, lp:], eos)  # (N, T)
     return Rollouts(input_ids=out, attention_mask=torch.cat([attn, mask], dim=1), response_mask=mask,
-                    prompt_index=prompt_index, truncated=truncated.cpu(), prompt_length=lp)
+                    prompt_index=prompt_index, truncated=truncated.cpu(), prompt_length=lp, eos_ids=tuple(eos))
 
 
 def decode_responses(tokenizer, rollouts: Rollouts) -> list[str]:
     """Response text of each row, up to (not including) EOS."""
     texts = []
     for row, m in zip(rollouts.responses.tolist(), rollouts.response_mask.tolist()):
-        toks = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
+        toks = [t for t, keep in zip(row, m) if keep and t not in (rollouts.eos_ids or (tokenizer.eos_token_id,))]
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
     return texts
