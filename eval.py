@@ -39,7 +39,7 @@ from dynamo.task import LEVELS, split
 
 @dataclass
 class EvalConfig:
-    model: str = ""  # local Hugging Face model directory or project checkpoint (e.g. runs/default/final)
+    model: str = ""  # local Hugging Face model directory, project checkpoint (e.g. runs/default/final) or .gguf file
     data: list = field(default_factory=lambda: ["arithmetic"])  # JSONL files; 'arithmetic' = built-in held-out split
     k: int = 32  # samples per problem: P@1 = avg@k, pass@j and best@j for j = 1, 2, 4, ..., k
     output: str = ""  # results directory; rerunning with the same one resumes; "" = runs/eval/<model>
@@ -74,8 +74,8 @@ def check(cfg: EvalConfig) -> None:
             raise ConfigError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
     if not 0.0 < cfg.temperature or not 0.0 < cfg.top_p <= 1.0:
         raise ConfigError(f"config keys 'temperature' > 0, 'top_p' in (0, 1] needed: {cfg.temperature}, {cfg.top_p}")
-    if not os.path.isdir(cfg.model):
-        raise ConfigError(f"config key 'model': model directory not found: {cfg.model!r} (give --model DIR)")
+    if not (os.path.isdir(cfg.model) or (cfg.model.lower().endswith(".gguf") and os.path.isfile(cfg.model))):
+        raise ConfigError(f"config key 'model': no model directory or .gguf file at {cfg.model!r} (give --model PATH)")
     if not cfg.data or not all(isinstance(d, str) for d in cfg.data):
         raise ConfigError(f"config key 'data': give a list of JSONL files or 'arithmetic', got {cfg.data!r}")
     for path in cfg.data:
@@ -117,6 +117,8 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list]:
 
 def weights_stamp(model_dir: str) -> list:
     """[file, size, mtime] of the weight files: a checkpoint re-saved under the same path is another model."""
+    if os.path.isfile(model_dir):  # a .gguf file
+        return [[os.path.basename(model_dir), os.path.getsize(model_dir), int(os.path.getmtime(model_dir))]]
     files = sorted(f for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin")))
     return [[f, os.path.getsize(os.path.join(model_dir, f)), int(os.path.getmtime(os.path.join(model_dir, f)))]
             for f in files]

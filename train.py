@@ -52,6 +52,14 @@ def main(argv: list[str]) -> None:
     if cfg.prompts_per_step % world:
         sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
                  f"{world} ranks (each rank gets the same share)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("config error: device = cuda, but this PyTorch sees no CUDA GPU (torch "
+                 f"{torch.__version__}): use device=cpu or device=auto, or install a CUDA build of torch")
+    missing = [f"'{key}' = {path!r}" for key, paths in (("model", [cfg.model]), ("data", [cfg.data]),
+                                                          ("eval_data", cfg.eval_data))
+               for path in paths if path not in ("tiny", "arithmetic") and not os.path.exists(path)]
+    if missing:  # all at once: a config with placeholders (configs/paper/) names every one to fill in
+        sys.exit("config error: these paths do not exist: " + "; ".join(missing))
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
@@ -357,9 +365,9 @@ def main(argv: list[str]) -> None:
         checkpoint.mark_final(cfg.out_dir, path)
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         bench = {n: (first_bench[n], r) for n, r in last_bench.items() if n in (first_bench or {})}
-        if (first_eval and last_eval) or bench:
-            summarise(first_eval, last_eval, cfg.out_dir,
-                      {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)}, benchmarks=bench)
+        # written even without a held-out split or eval_data: it carries the run's identity
+        summarise(first_eval, last_eval, cfg.out_dir,
+                  {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)}, benchmarks=bench)
     stop_request.restore()
     dist.shutdown()
 

@@ -121,8 +121,8 @@ class Config:
     seed: int = 0  # everything random derives from this (model init, warm-up, task split, evaluation)
     rl_seed: int = -1  # seed of the RL phase only (prompt order, rollout and mini-batch sampling); -1 = seed
     out_dir: str = ""  # metrics, samples, config, checkpoints; "" = runs/<config file name>
-    model: str = "tiny"  # 'tiny' = the embedded model (built and warmed up here) or a local HF directory
-    data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL file of problems with answers
+    model: str = "tiny"  # 'tiny' = the embedded model (built and warmed up here), a local HF directory or a .gguf file
+    data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL or Parquet file of problems with answers
     template: str = "plain"  # prompt template: 'plain' (text as is) | 'boxed' (base model) | 'chat'
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
     dtype: str = "float32"  # parameter dtype: 'float32' | 'bfloat16'
@@ -266,8 +266,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"config keys 'allocator.n_min' = {a.n_min} and 'allocator.n_max' = {a.n_max}: "
                           "need 1 <= n_min <= n_max")
     if cfg.allocation != "uniform" and not a.n_min <= cfg.rollouts_per_prompt <= a.n_max:
-        raise ConfigError(f"config key 'rollouts_per_prompt' = {cfg.rollouts_per_prompt}: the budget P * n cannot "
-                          f"be met with every prompt in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}]")
+        raise ConfigError(f"config key 'rollouts_per_prompt' = {cfg.rollouts_per_prompt}: the step's budget P * n = "
+                          f"{cfg.prompts_per_step * cfg.rollouts_per_prompt} rollouts cannot be spread with every prompt "
+                          f"in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}] (it needs n between them): "
+                          f"lower allocator.n_min to {cfg.rollouts_per_prompt} or less, or use allocation=uniform")
     if a.exploration_budget < 0 or a.oracle_samples < 1:
         raise ConfigError("config keys 'allocator.exploration_budget' >= 0 and 'allocator.oracle_samples' >= 1 required")
     if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:

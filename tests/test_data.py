@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 import train
 from dynamo.data import read_benchmarks, read_problems, render
@@ -110,3 +111,24 @@ def test_train_stops_before_any_work_on_bad_input(tmp_path, capsys):
     no_gold = write_jsonl(tmp_path / "train.jsonl", [{**VERL_ROWS[0], "reward_model": {}}])
     msg = run_error([*base, f"out_dir={tmp_path / 'c'}", f"data={no_gold}"], capsys)
     assert "train.jsonl:1: a verl row" in msg
+
+
+def test_placeholders_and_a_missing_gpu_are_named_before_any_work(tmp_path, capsys):
+    msg = run_error(["--config", "configs/paper/qwen2.5-math-1.5b-1gpu.yaml", "device=auto",
+                     f"out_dir={tmp_path / 'p'}"], capsys)
+    assert "these paths do not exist" in msg
+    for key in ["'model' = '/path/to/Qwen2.5-Math-1.5B'", "'data' = '/path/to/train.parquet'",
+                "/path/to/benchmarks/aime24/test.jsonl", "/path/to/benchmarks/olympiadbench/test.jsonl"]:
+        assert key in msg
+    assert not (tmp_path / "p").exists()
+    if not torch.cuda.is_available():
+        msg = run_error(["--config", "configs/default.yaml", "device=cuda", f"out_dir={tmp_path / 'c'}"], capsys)
+        assert "device = cuda, but this PyTorch sees no CUDA GPU" in msg and not (tmp_path / "c").exists()
+
+
+def test_a_run_on_a_data_file_writes_its_summary(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"problem": "12+34=", "answer": "46"}, {"problem": "5*6=", "answer": "30"}])
+    train.main(["--config", "configs/grpo.yaml", f"model={SHIPPED_START}", f"data={data}", "steps=1",
+                "prompts_per_step=2", f"out_dir={tmp_path / 'o'}"])
+    summary = json.load(open(tmp_path / "o" / "summary.json"))
+    assert summary["config_file"] == "configs/grpo.yaml" and "commit" in summary and "start" not in summary

@@ -168,7 +168,7 @@ def eval_error(argv) -> str:
 def test_errors_name_the_culprit(setup, first_run, tmp_path):
     tmp, paths, _ = setup
     model = ["--model", tmp / "model"]
-    assert "model directory not found" in eval_error(["--model", tmp_path / "nope", "--data", paths[0]])
+    assert "no model directory or .gguf file at" in eval_error(["--model", tmp_path / "nope", "--data", paths[0]])
     assert "data file not found: " + str(tmp_path / "x.jsonl") in eval_error([*model, "--data", tmp_path / "x.jsonl"])
     (tmp_path / "empty.jsonl").write_text("\n")
     assert "holds no problems" in eval_error([*model, "--data", tmp_path / "empty.jsonl"])

@@ -176,7 +176,7 @@ GOOD = ['{"problem": "12+34=", "answer": "46"}', '{"problem": "5*6=", "answer": 
 
 
 @pytest.mark.parametrize("rows, needle", [
-    (None, "data file not found"),
+    (None, "these paths do not exist: 'data' = "),
     ([], "holds no problems"),
     ([GOOD[0], '{"problem": "1+1=", "answer": '], "bad.jsonl:2: malformed JSON"),
     ([GOOD[0], '{"problem": "1+1="}'], "bad.jsonl:2"),
@@ -194,7 +194,7 @@ def test_bad_data_files_name_file_and_line(tmp_path, model_dir, rows, needle):
 
 def test_bad_model_and_output_directories(tmp_path, model_dir):
     data = write(tmp_path / "d.jsonl", GOOD)
-    assert "model directory not found" in fail([f"model={tmp_path / 'nope'}", f"data={data}",
+    assert "these paths do not exist: 'model' = " in fail([f"model={tmp_path / 'nope'}", f"data={data}",
                                                 f"out_dir={tmp_path / 'o'}"])
     (tmp_path / "file").write_text("x")
     assert "is not writable" in fail([f"model={model_dir}", f"data={data}", f"out_dir={tmp_path / 'file' / 'o'}"])
