@@ -135,8 +135,12 @@ def main(argv: list[str]) -> None:
     metrics_file = open_log(cfg.out_dir, "metrics.jsonl", start) if dist.is_main() else None
     samples_file = open_log(cfg.out_dir, "samples.jsonl", start) if dist.is_main() else None
     p_local = cfg.prompts_per_step // world
-    log(f"skip_zero_advantage={cfg.skip_zero_advantage}: rows whose advantage is 0 "
-        f"{'skip' if skips_zero_advantage(cfg) else 'do not skip'} the old-log-prob pass and the update")
+    log(f"skip_zero_advantage={cfg.skip_zero_advantage}: rows whose advantage is 0 (no gradient) "
+        + ("are left out of the old-log-prob pass and the update" if skips_zero_advantage(cfg) else
+           "go through the old-log-prob pass and the update" + (
+               "" if cfg.skip_zero_advantage == "false" else
+               " (skipping them would not be exact here: a loss term or token selection needs every row, or the "
+               "token factors are normalised per micro-batch)")))
 
     def run_eval(step: int) -> tuple[dict | None, dict]:
         """The built-in task's held-out split and every eval_data benchmark, into one metrics row:
