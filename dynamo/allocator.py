@@ -365,6 +365,11 @@ class PromptStats:
         self._counts: dict[int | str, list[int]] = {}  # id -> [G, k], live
         self._snapshot: dict[int | str, tuple[int, float]] = {}  # id -> (G, rho) at the last refresh()
 
+    @classmethod
+    def from_config(cls, allocator_cfg) -> "PromptStats":
+        """The statistics a run's `allocator:` section asks for (its `mastered` threshold and `floor`)."""
+        return cls(mastered=allocator_cfg.mastered, floor=allocator_cfg.floor)
+
     def update(self, prompt_ids: Sequence, correct: Sequence[bool]) -> None:
         """Add one rollout per entry: response j belongs to prompt_ids[j] and was correct iff correct[j].
 

@@ -36,6 +36,9 @@ class AllocatorConfig:
     n_min: int = 4  # fewest rollouts any prompt gets (docs/ALGORITHM.md §3 n_low)
     n_max: int = 16  # most rollouts any prompt gets (docs/ALGORITHM.md §3 n_high)
     exploration_budget: int = 4  # rollouts an unseen prompt gets before it has a priority (b0)
+    mastered: float = 0.85  # pass rate at or above which a prompt counts as mastered and gets the floor priority
+    # (official 0.85; above 1 turns the rule off: every seen prompt is weighted by its variance)
+    floor: float = 0.01  # priority of mastered and never-solved prompts (official 0.01; > 0)
     weight: str = "variance"  # 'variance' k(G-k)/(G(G-1)) (official) | 'std' (sqrt: literal Neyman)
     rule: str = "official"  # 'official' floor + proportional share | 'water_level' exact clip rule
     refresh: str = "epoch"  # priorities snapshotted once per 'epoch' (official) or every 'step'
@@ -270,6 +273,9 @@ def _check(cfg: Config) -> None:
                           f"{cfg.prompts_per_step * cfg.rollouts_per_prompt} rollouts cannot be spread with every prompt "
                           f"in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}] (it needs n between them): "
                           f"lower allocator.n_min to {cfg.rollouts_per_prompt} or less, or use allocation=uniform")
+    if not a.mastered > 0 or not a.floor > 0:
+        raise ConfigError(f"config keys 'allocator.mastered' = {a.mastered} and 'allocator.floor' = {a.floor}: "
+                          "both must be > 0 (mastered above 1 turns the mastered rule off)")
     if a.exploration_budget < 0 or a.oracle_samples < 1:
         raise ConfigError("config keys 'allocator.exploration_budget' >= 0 and 'allocator.oracle_samples' >= 1 required")
     if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:

@@ -294,7 +294,7 @@ def main() -> None:
     p_true = k_oracle / args.oracle_samples  # (P,)
     var_true = p_true * (1 - p_true)  # (P,) Bernoulli variance sigma_i^2
     _, ro1, ok1 = pass_counts(args.first_round, "first_round")
-    stats = PromptStats()
+    stats = PromptStats.from_config(cfg.allocator)
     ids = [p.prompt_id for p in problems]
     stats.update([ids[i] for i in ro1.prompt_index.tolist()], ok1)
     stats.refresh()

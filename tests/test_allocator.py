@@ -366,3 +366,19 @@ def test_allocation_telemetry():
     assert t["alloc/zero_adv_group_frac"] == 0.5  # groups 0 and 2 are all-equal
     assert t["alloc/informative_rollout_frac"] == (24 + 8) / 56
     json.dumps(t)  # goes straight into the JSONL log
+
+
+def test_mastered_threshold_and_floor_are_config_keys():
+    from dynamo.config import ConfigError, load_config
+    official = PromptStats.from_config(load_config(["--config", "configs/default.yaml"]).allocator)
+    no_rule = PromptStats.from_config(load_config(["--config", "configs/default.yaml", "allocator.mastered=1.01",
+                                                   "allocator.floor=0.02"]).allocator)
+    for s in (official, no_rule):
+        s.update([1] * 8 + [2] * 8, [True] * 7 + [False] + [False] * 8)  # prompt 1: 7/8 solved; prompt 2: 0/8
+        s.refresh()
+    assert official.view([1, 2])[1] == [0.01, 0.01]  # 7/8 >= 0.85: mastered, the floor; 0/8: the floor too
+    variance = 7 * 1 / (8 * 7)  # unbiased Bernoulli variance of 7 of 8
+    assert no_rule.view([1, 2])[1] == [pytest.approx(variance + 1e-6 * (1 - 7 / 8)), 0.02]
+    for bad in ("allocator.mastered=0", "allocator.floor=0"):
+        with pytest.raises(ConfigError, match="must be > 0"):
+            load_config(["--config", "configs/default.yaml", bad])
