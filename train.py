@@ -23,7 +23,7 @@ import torch
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats, rollout_counts
 from dynamo.baselines import entropy_advantages, select_tokens, selects_tokens, w_reinforce_advantages
-from dynamo.config import ConfigError, dump, help_text, load_config, run_identity, to_dict
+from dynamo.config import ConfigError, check_machine_and_paths, dump, help_text, load_config, run_identity, to_dict
 from dynamo.data import PromptOrder, check_context, drop_long_prompts, load_problems, read_benchmarks, render
 from dynamo.evaluate import evaluate, measure_pass_rates
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
@@ -52,14 +52,10 @@ def main(argv: list[str]) -> None:
     if cfg.prompts_per_step % world:
         sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
                  f"{world} ranks (each rank gets the same share)")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("config error: device = cuda, but this PyTorch sees no CUDA GPU (torch "
-                 f"{torch.__version__}): use device=cpu or device=auto, or install a CUDA build of torch")
-    missing = [f"'{key}' = {path!r}" for key, paths in (("model", [cfg.model]), ("data", [cfg.data]),
-                                                          ("eval_data", cfg.eval_data))
-               for path in paths if path not in ("tiny", "arithmetic") and not os.path.exists(path)]
-    if missing:  # all at once: a config with placeholders (configs/paper/) names every one to fill in
-        sys.exit("config error: these paths do not exist: " + "; ".join(missing))
+    try:
+        check_machine_and_paths(cfg)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]

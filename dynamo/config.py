@@ -195,6 +195,20 @@ PRESETS = {
 }
 
 
+def check_machine_and_paths(cfg) -> None:
+    """What a config file cannot know, checked before any work: a CUDA device when it asks for one, and every
+    model/data/eval_data path, all named at once (a config with placeholders, like configs/paper/, lists each)."""
+    import torch
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = cuda, but this PyTorch sees no CUDA GPU (torch {torch.__version__}): use "
+                          "device=cpu or device=auto, or install a CUDA build of torch")
+    missing = [f"'{key}' = {path!r}" for key, paths in (("model", [cfg.model]), ("data", [cfg.data]),
+                                                          ("eval_data", cfg.eval_data))
+               for path in paths if path not in ("tiny", "arithmetic") and not os.path.exists(path)]
+    if missing:
+        raise ConfigError("these paths do not exist: " + "; ".join(missing))
+
+
 def _coerce(key: str, value, typ):
     """Check `value` against the dataclass field type; ints are accepted for floats."""
     origin = typing.get_origin(typ) or typ
