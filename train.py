@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
     rl_seed = cfg.seed if cfg.rl_seed < 0 else cfg.rl_seed  # prompt order and sampling; not warm-up or eval
     order = PromptOrder(len(pool), rl_seed)
-    prompt_stats = PromptStats.from_config(cfg.allocator)  # per-prompt (G, k): the allocator's only state, saved with checkpoints
+    prompt_stats = PromptStats.from_config(cfg.allocator)  # per-prompt (n, k) per visit: the allocator's only state, saved with checkpoints
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.optim.warmup_steps)))

@@ -4,7 +4,7 @@ The theory is docs/ALGORITHM.md §1, the statistics §2, the allocation rule §3
 
 Pure Python/numpy, no torch. The training loop uses four names:
 
-    stats = PromptStats()                       # cumulative (G, k) per prompt id; goes into every checkpoint
+    stats = PromptStats()                       # (n, k) of every visit per prompt id; goes into every checkpoint
     stats.refresh()                             # at each epoch start (or each step with `refresh: step`)
     G, rho = stats.view(prompt_ids)             # snapshot values for this batch (G=0, rho=-1 if never seen)
     counts = rollout_counts(G, rho, budget, mode=..., weight=..., rule=..., n_min=..., n_max=...,
@@ -36,24 +36,37 @@ _POSITIVE = 1e-8  # official threshold: a priority at or below this gets no shar
 # 1. priority of one prompt (§2)
 
 
-def priority(G: int, k: int, *, min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
-             tie_break: float = 1e-6) -> float:
+def priority(G: float, k: float, *, min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
+             tie_break: float = 1e-6, prior: Sequence[float] = (), seen: int | None = None) -> float:
     """Official `update_rank` priority of a prompt with G rollouts so far, k of them correct.
 
     tie_break: the official code adds (1 - k/G) * 1e-6 to the variance (rl_dataset.py:195) so that, at equal
     variance, the less-solved prompt ranks first (Eq. 7). The official value is the default; 0
     gives the plain variance (Eq. 4). It can move one rollout between two prompts with equal variance.
+
+    Options (none of them official; docs/ALGORITHM.md §2.1):
+    G, k may be weighted counts (floats) from a memory that forgets (`PromptStats`' window, decay, groups); then
+    `seen` is the number of rollouts ever drawn, which decides whether the prompt has a priority at all.
+    prior (a, b): a Beta(a, b) prior on the pass rate. The weight becomes the posterior mean of p (1 - p),
+    (k + a)(G - k + b) / ((G + a + b)(G + a + b + 1)), and the mastered test uses the posterior mean of p, so a
+    prompt never solved in G tries keeps a weight that shrinks with G instead of dropping to the floor.
     """
     if min_samples < 2:
         raise ValueError(f"min_samples={min_samples}: must be >= 2 (the unbiased variance divides by G-1)")
     if not 0 <= k <= G:
         raise ValueError(f"need 0 <= k <= G, got G={G}, k={k}")
-    if G < min_samples:
+    if (G if seen is None else seen) < min_samples or G <= 0:
         return UNSEEN  # "not enough samples to compete" (rl_dataset.py:185-186)
-    p = k / G
+    if prior:
+        alpha, beta = k + prior[0], G - k + prior[1]  # Beta posterior
+        p = alpha / (alpha + beta)
+        variance = alpha * beta / ((alpha + beta) * (alpha + beta + 1))  # E[p (1 - p)] under the posterior
+    else:
+        p = k / G
+        # unbiased Bernoulli variance, Eq. 4; weighted counts below 2 take the correction at 2
+        variance = k * (G - k) / (G * (G - 1)) if G >= 2 else 2 * p * (1 - p)
     if p >= mastered:
         return floor  # mastered: lowest priority (rl_dataset.py:189-190)
-    variance = k * (G - k) / (G * (G - 1))  # unbiased Bernoulli variance, Eq. 4
     return max(variance + tie_break * (1.0 - p), floor)  # never-solved prompts land on the floor too
 
 
@@ -346,32 +359,54 @@ def _sort_key(prompt_id: int | str) -> tuple:
     return (isinstance(prompt_id, str), prompt_id)  # ints first, then strings: a total, stable order
 
 
+MEMORIES = ("cumulative", "window", "decay", "groups")
+
+
 class PromptStats:
-    """Cumulative rollouts G and correct answers k per prompt id (no decay), plus the priority snapshot.
+    """Every group of rollouts each prompt id has had, (n, k) per visit, plus the priority snapshot.
+
+    Memory: what the priority is computed from. `cumulative` (official) sums every visit: G, k over the whole run.
+    The other memories follow a moving policy (docs/ALGORITHM.md §2.1): `window` keeps the last `window` rollouts
+    (the oldest visit inside it counts in proportion, n' of its n rollouts and k n'/n of its correct ones),
+    `decay` weights a visit v visits old by decay**v, `groups` keeps the last `groups` visits (1: the rewards'
+    variance measured in the prompt's latest group, which with +-1 rewards is its unbiased Bernoulli variance).
+    A visit is one `update` call's responses of that prompt: the loop calls `update` once per step and rank.
 
     Refresh: allocation reads a snapshot of (G, rho) taken by `refresh()`. Official behaviour is one snapshot
     per epoch: `update_rank` runs after each epoch (dynamo_ray_trainer.py, last line of `fit`) and the
     dataloader workers read G from a copy of the dataset taken when the epoch's iterator starts. The loop calls
     `refresh()` at each epoch start (`refresh: epoch`) or before every step (`refresh: step`). Before the first
-    refresh every prompt reads as never seen (G = 0, rho = -1), so the first epoch is uniform.
+    refresh every prompt reads as never seen (G = 0, rho = -1), so the first epoch is uniform. The snapshot's G
+    is the number of rollouts ever drawn (what exploration asks), whatever the memory.
 
     Several ranks: the loop all-gathers the (prompt id, correct) pairs and every rank calls `update` with the
-    full list. `update` only adds counts, so its result does not depend on the order of the pairs.
+    same lists in the same order, so every rank holds the same history.
     """
 
-    def __init__(self, *, min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
+    def __init__(self, *, memory: str = "cumulative", window: int = 16, decay: float = 0.5, groups: int = 1,
+                 prior: Sequence[float] = (), min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
                  tie_break: float = 1e-6):
-        self.priority_kwargs = dict(min_samples=min_samples, mastered=mastered, floor=floor, tie_break=tie_break)
-        self._counts: dict[int | str, list[int]] = {}  # id -> [G, k], live
+        if memory not in MEMORIES:
+            raise ValueError(f"memory={memory!r}: expected one of {MEMORIES}")
+        if window < 2 or groups < 1 or not 0 < decay < 1:
+            raise ValueError(f"need window >= 2, groups >= 1, 0 < decay < 1; got {window}, {groups}, {decay}")
+        if prior and (len(prior) != 2 or min(prior) <= 0):
+            raise ValueError(f"prior={list(prior)}: give two pseudo-counts [a, b], both > 0 (or none)")
+        self.memory, self.window, self.decay, self.groups = memory, window, decay, groups
+        self.priority_kwargs = dict(min_samples=min_samples, mastered=mastered, floor=floor, tie_break=tie_break,
+                                    prior=tuple(float(x) for x in prior))
+        self._visits: dict[int | str, list[list[int]]] = {}  # id -> [[n, k], ...] oldest first, live
         self._snapshot: dict[int | str, tuple[int, float]] = {}  # id -> (G, rho) at the last refresh()
 
     @classmethod
     def from_config(cls, allocator_cfg) -> "PromptStats":
-        """The statistics a run's `allocator:` section asks for (its `mastered` threshold and `floor`)."""
-        return cls(mastered=allocator_cfg.mastered, floor=allocator_cfg.floor)
+        """The statistics a run's `allocator:` section asks for (memory, prior, `mastered` threshold, `floor`)."""
+        a = allocator_cfg
+        return cls(memory=a.memory, window=a.window, decay=a.decay, groups=a.groups, prior=a.prior,
+                   mastered=a.mastered, floor=a.floor)
 
     def update(self, prompt_ids: Sequence, correct: Sequence[bool]) -> None:
-        """Add one rollout per entry: response j belongs to prompt_ids[j] and was correct iff correct[j].
+        """Add one visit per prompt id present: response j belongs to prompt_ids[j] and was correct iff correct[j].
 
         Pass each response's own pair (§8 bug 2: never a reordered id list next to an unreordered
         correctness list). "correct" is the verifier's boolean, not the shaped reward.
@@ -379,28 +414,59 @@ class PromptStats:
         if len(prompt_ids) != len(correct):
             raise ValueError(f"{len(prompt_ids)} prompt ids but {len(correct)} correctness flags: "
                              "pass one (prompt id, correct) pair per response")
+        group: dict[int | str, list[int]] = {}  # this call's (n, k) per prompt, in first-seen order
         for pid, ok in zip(prompt_ids, correct):
             if hasattr(ok, "item"):
                 ok = ok.item()
             if ok not in (0, 1):  # True/False/0/1 only: a shaped reward here would be a silent bug
                 raise ValueError(f"correct must be boolean, got {ok!r} for prompt {pid!r}")
-            entry = self._counts.setdefault(_key(pid), [0, 0])
+            entry = group.setdefault(_key(pid), [0, 0])
             entry[0] += 1
             entry[1] += int(ok)
+        for pid, nk in group.items():
+            self._visits.setdefault(pid, []).append(nk)
 
     def counts(self, prompt_id) -> tuple[int, int]:
-        """Live (G, k) of a prompt; (0, 0) if never sampled."""
-        G, k = self._counts.get(_key(prompt_id), (0, 0))
+        """Live cumulative (G, k) of a prompt over the whole run; (0, 0) if never sampled."""
+        visits = self._visits.get(_key(prompt_id), ())
+        return sum(n for n, _ in visits), sum(k for _, k in visits)
+
+    def remembered(self, prompt_id) -> tuple[float, float]:
+        """Live (G, k) as the memory weighs them: ints for `cumulative` and `groups`, floats otherwise."""
+        visits = self._visits.get(_key(prompt_id), [])
+        if self.memory == "cumulative":
+            return self.counts(prompt_id)
+        if self.memory == "groups":
+            last = visits[-self.groups:]
+            return sum(n for n, _ in last), sum(k for _, k in last)
+        G = k = 0.0
+        if self.memory == "decay":
+            for age, (n_v, k_v) in enumerate(reversed(visits)):
+                G += self.decay ** age * n_v
+                k += self.decay ** age * k_v
+            return G, k
+        room = float(self.window)  # window: newest first until `window` rollouts are counted
+        for n_v, k_v in reversed(visits):
+            take = min(n_v, room)
+            G, k, room = G + take, k + k_v * take / n_v, room - take
+            if room <= 0:
+                break
         return G, k
 
     def pass_rate(self, prompt_id) -> float | None:
-        """Live estimate k / G, or None for a prompt never sampled."""
+        """Live cumulative estimate k / G, or None for a prompt never sampled (telemetry; the memory does not
+        change it, so logged pass-rate bins mean the same under every memory)."""
         G, k = self.counts(prompt_id)
         return k / G if G else None
 
     def refresh(self) -> None:
         """Take the snapshot that `view` returns: (G, rho) of every prompt sampled so far."""
-        self._snapshot = {pid: (G, priority(G, k, **self.priority_kwargs)) for pid, (G, k) in self._counts.items()}
+        snap = {}
+        for pid in self._visits:
+            G_seen = self.counts(pid)[0]
+            G, k = self.remembered(pid)
+            snap[pid] = (G_seen, priority(G, k, seen=G_seen, **self.priority_kwargs))
+        self._snapshot = snap
 
     def view(self, prompt_ids: Sequence) -> tuple[list[int], list[float]]:
         """Snapshot (G list, rho list) for these prompts, as `rollout_counts` takes them."""
@@ -408,19 +474,23 @@ class PromptStats:
         return [G for G, _ in pairs], [rho for _, rho in pairs]
 
     def __len__(self) -> int:
-        return len(self._counts)
+        return len(self._visits)
 
     def state_dict(self) -> dict:
         """Plain JSON-serialisable state. Lists of [id, ...] rows, not dicts, so int ids survive JSON."""
+        ordered = sorted(self._visits.items(), key=lambda t: _sort_key(t[0]))
         return {
-            "counts": [[pid, G, k] for pid, (G, k) in sorted(self._counts.items(), key=lambda t: _sort_key(t[0]))],
+            "visits": [[pid, [list(v) for v in visits]] for pid, visits in ordered],
             "snapshot": [[pid, G, rho] for pid, (G, rho) in
                          sorted(self._snapshot.items(), key=lambda t: _sort_key(t[0]))],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        # the priority settings are not stored: they come from the run's config, saved with the checkpoint
-        self._counts = {_key(pid): [int(G), int(k)] for pid, G, k in state["counts"]}
+        # the memory and priority settings are not stored: they come from the run's config, saved with the checkpoint
+        if "visits" in state:
+            self._visits = {_key(pid): [[int(n), int(k)] for n, k in visits] for pid, visits in state["visits"]}
+        else:  # a checkpoint from before the per-visit history: its cumulative counts become one visit
+            self._visits = {_key(pid): [[int(G), int(k)]] for pid, G, k in state["counts"] if G}
         self._snapshot = {_key(pid): (int(G), float(rho)) for pid, G, rho in state["snapshot"]}
 
 

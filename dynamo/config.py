@@ -39,6 +39,15 @@ class AllocatorConfig:
     mastered: float = 0.85  # pass rate at or above which a prompt counts as mastered and gets the floor priority
     # (official 0.85; above 1 turns the rule off: every seen prompt is weighted by its variance)
     floor: float = 0.01  # priority of mastered and never-solved prompts (official 0.01; > 0)
+    # What the priorities are computed from (docs/ALGORITHM.md §2.1); the official statistics are cumulative.
+    memory: str = "cumulative"  # 'cumulative' every rollout so far | 'window' the last `window` rollouts |
+    # 'decay' each earlier visit weighted by decay**age | 'groups' the last `groups` visits (1 = the latest group's
+    # measured reward variance)
+    window: int = 16  # memory: window, rollouts remembered per prompt (>= 2)
+    decay: float = 0.5  # memory: decay, weight of a visit per later visit of the same prompt (0 < decay < 1)
+    groups: int = 1  # memory: groups, visits remembered per prompt (>= 1)
+    prior: list = field(default_factory=list)  # [a, b]: Beta(a, b) prior on each pass rate, weight = posterior
+    # mean of p(1-p); [] = none (official)
     weight: str = "variance"  # 'variance' k(G-k)/(G(G-1)) (official) | 'std' (sqrt: literal Neyman)
     rule: str = "official"  # 'official' floor + proportional share | 'water_level' exact clip rule
     refresh: str = "epoch"  # priorities snapshotted once per 'epoch' (official) or every 'step'
@@ -180,6 +189,7 @@ CHOICES = {
     "allocator.weight": ("variance", "std"),
     "allocator.rule": ("official", "water_level"),
     "allocator.refresh": ("epoch", "step"),
+    "allocator.memory": ("cumulative", "window", "decay", "groups"),
     "loss.aggregation": ("token_mean", "prompt_mean"),
     "loss.advantage": ("grpo", "w_reinforce"),
     "loss.select_scope": ("micro", "mini_batch"),
@@ -290,6 +300,13 @@ def _check(cfg: Config) -> None:
     if not a.mastered > 0 or not a.floor > 0:
         raise ConfigError(f"config keys 'allocator.mastered' = {a.mastered} and 'allocator.floor' = {a.floor}: "
                           "both must be > 0 (mastered above 1 turns the mastered rule off)")
+    if a.window < 2 or a.groups < 1 or not 0 < a.decay < 1:
+        raise ConfigError(f"config keys 'allocator.window' = {a.window} (>= 2), 'allocator.groups' = {a.groups} "
+                          f"(>= 1) and 'allocator.decay' = {a.decay} (strictly between 0 and 1) out of range")
+    if a.prior and (len(a.prior) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+                                                 for x in a.prior)):
+        raise ConfigError(f"config key 'allocator.prior' = {a.prior!r}: give two pseudo-counts [a, b], both > 0 "
+                          "(e.g. [1, 1], a uniform prior), or [] for none")
     if a.exploration_budget < 0 or a.oracle_samples < 1:
         raise ConfigError("config keys 'allocator.exploration_budget' >= 0 and 'allocator.oracle_samples' >= 1 required")
     if not 0 <= cfg.loss.eps_low < 1 or cfg.loss.eps_high < 0 or cfg.loss.dual_clip <= 1:

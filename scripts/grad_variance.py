@@ -36,11 +36,24 @@ Two estimators from the same rollouts (the advantage is the only difference):
 Allocations: uniform; dynamo (official rule, variance weights: configs/default.yaml); neyman_std
 (std weights: configs/neyman_std.yaml); water_level (configs/water_level.yaml); oracle (train.py's
 `allocation: oracle`: true p, variance weights, official rule); oracle_neyman (the exact box-constrained
-optimum of sum sigma_i^2 / n_i: true sigma, water level; the best any allocation can predict).
+optimum of sum sigma_i^2 / n_i: true sigma, water level; the best any allocation can predict); and the
+statistics options, each the official rule with one `allocator:` key changed (docs/ALGORITHM.md §2.1): window
+(the last 16 rollouts, configs/memory_window.yaml), decay (0.5 per visit, configs/memory_decay.yaml), last_group
+(the latest group's measured variance, configs/last_group.yaml), beta_prior (Beta(1, 1), configs/beta_prior.yaml),
+no_mastered (no mastered cut, configs/no_mastered.yaml).
+
+Where the priorities come from: by default a first round of samples from the frozen policy (one visit per
+prompt, as after one epoch; the memory options then equal the official statistics). With --checkpoint, a
+train.py checkpoint gives both the policy and the statistics its run gathered while the policy moved, every
+visit of every prompt, so the memories differ:
+
+    python train.py --config configs/default.yaml out_dir=runs/dynamo          # saves checkpoints/step-000080
+    python scripts/grad_variance.py --checkpoint runs/dynamo/checkpoints/step-000080 --out runs/gv_step80
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,15 +74,23 @@ from dynamo.plot import pyplot  # noqa: E402
 from dynamo.reward import score  # noqa: E402
 from dynamo.rollout import decode_responses, derive_seed, sample  # noqa: E402
 
-ALLOCATIONS = ("uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman")
+ALLOCATIONS = ("uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman",
+               "window", "decay", "last_group", "beta_prior", "no_mastered")
+# The statistics options (docs/ALGORITHM.md §2.1): the official rule and weights, priorities from PromptStats built
+# with one `allocator:` key changed from the config's (configs/memory_window.yaml, ... carry the same lines).
+OPTIONS = {"window": dict(memory="window"), "decay": dict(memory="decay"), "last_group": dict(memory="groups", groups=1),
+           "beta_prior": dict(prior=[1, 1]), "no_mastered": dict(mastered=1.01)}
 ESTIMATORS = ("mean", "grpo")
 
 
 # ---------------------------------------------------------------------------------------------- allocations
 
 
-def allocations(names, G, rho, p_true, budget: int, a) -> dict[str, list[int]]:
-    """Rollout counts per prompt for each named allocation, all summing to `budget` (train.py's calls)."""
+def allocations(names, views, p_true, budget: int, a) -> dict[str, list[int]]:
+    """Rollout counts per prompt for each named allocation, all summing to `budget` (train.py's calls).
+
+    views: the (G, rho) snapshot each allocation reads: "official" for dynamo/neyman_std/water_level, an OPTIONS name
+    for the statistics options (which use the official rule and variance weights)."""
     box = dict(n_min=a.n_min, n_max=a.n_max, exploration_budget=a.exploration_budget)
     spec = {"uniform": dict(mode="uniform"),
             "dynamo": dict(mode="dynamo", weight="variance", rule="official"),
@@ -77,7 +98,9 @@ def allocations(names, G, rho, p_true, budget: int, a) -> dict[str, list[int]]:
             "water_level": dict(mode="dynamo", weight="variance", rule="water_level"),
             "oracle": dict(mode="oracle", weight="variance", rule="official"),
             "oracle_neyman": dict(mode="oracle", weight="std", rule="water_level")}
-    return {n: rollout_counts(G, rho, budget, oracle_pass_rates=p_true, **spec[n], **box) for n in names}
+    spec.update({n: dict(mode="dynamo", weight="variance", rule="official") for n in OPTIONS})
+    return {n: rollout_counts(*views.get(n, views["official"]), budget, oracle_pass_rates=p_true, **spec[n], **box)
+            for n in names}
 
 
 def predicted(var: np.ndarray, counts) -> float:
@@ -229,6 +252,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/default.yaml", help="settings (sampling, n_min/n_max, warm-up)")
     ap.add_argument("--model", default="tiny", help="'tiny' = the cached warm-up (the RL start), or an HF directory")
+    ap.add_argument("--checkpoint", help="a train.py checkpoint (out_dir/checkpoints/step-N or out_dir/final): its "
+                    "policy, and the per-prompt statistics it has gathered in place of --first-round (pass the run's "
+                    "--config so the batch is its pool)")
     ap.add_argument("--prompts", type=int, default=32, help="P: prompts in the fixed batch")
     ap.add_argument("--n", type=int, default=8, help="nominal rollouts per prompt: budget B = P * n")
     ap.add_argument("--resamples", type=int, default=40, help="R: gradient estimates per allocation")
@@ -258,6 +284,8 @@ def main() -> None:
                        f"seed={args.seed}", "out_dir=unused", *overrides])
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
+    if args.checkpoint:
+        args.model = args.checkpoint
     if args.model == "tiny":
         from dynamo.warmup import warm_up
         model, tokenizer, _ = warm_up(cfg, torch.device("cpu"))
@@ -293,14 +321,32 @@ def main() -> None:
     k_oracle, _, _ = pass_counts(args.oracle_samples, "oracle")
     p_true = k_oracle / args.oracle_samples  # (P,)
     var_true = p_true * (1 - p_true)  # (P,) Bernoulli variance sigma_i^2
-    _, ro1, ok1 = pass_counts(args.first_round, "first_round")
-    stats = PromptStats.from_config(cfg.allocator)
     ids = [p.prompt_id for p in problems]
-    stats.update([ids[i] for i in ro1.prompt_index.tolist()], ok1)
-    stats.refresh()
-    G, rho = stats.view(ids)
+    if args.checkpoint:  # the run's own history of every prompt (policy moving), all options read the same one
+        from dynamo.checkpoint import load_state
+        history = load_state(args.checkpoint)["prompt_stats"]
+        probe = PromptStats()
+        probe.load_state_dict(history)
+        unseen = [i for i in ids if probe.counts(i)[0] == 0]
+        if unseen:
+            sys.exit(f"{len(unseen)} of the batch's prompts have no statistics in {args.checkpoint}: pass the run's "
+                     "own --config (same data, seed and train_pool) or a later checkpoint")
+    else:  # one round of samples from the frozen policy, as after one epoch
+        _, ro1, ok1 = pass_counts(args.first_round, "first_round")
+        probe = PromptStats()
+        probe.update([ids[i] for i in ro1.prompt_index.tolist()], ok1)
+        history = probe.state_dict()
+    views = {}
+    for name in ["official", *OPTIONS]:
+        stats = PromptStats.from_config(dataclasses.replace(a, **OPTIONS.get(name, {})))
+        stats.load_state_dict(history)
+        stats.refresh()
+        views[name] = stats.view(ids)
+    stats = PromptStats.from_config(a)
+    stats.load_state_dict(history)
+    G, rho = views["official"]
     allocs = allocations(args.allocations if "uniform" in args.allocations else ["uniform", *args.allocations],
-                         G, rho, p_true.tolist(), budget, a)
+                         views, p_true.tolist(), budget, a)
     print(f"oracle pass rates ({args.oracle_samples} samples): " + " ".join(f"{p:.2f}" for p in p_true), flush=True)
     for name, c in allocs.items():
         print(f"  {name:14s} counts {c}", flush=True)
@@ -308,6 +354,11 @@ def main() -> None:
     # 3. R resamples per allocation
     results = {}
     for name, counts in allocs.items():
+        same = next((k for k in results if allocs[k] == counts), None)
+        if same:  # the same counts are the same estimator: reuse its draws rather than spend R more resamples
+            results[name] = dict(results[same], same_counts_as=same)
+            print(f"  measured {name:14s} = {same} (same counts)", flush=True)
+            continue
         t0 = time.time()
         results[name] = measure(model, params, flat, tokenizer, prompts, refs, counts, args.resamples, args.seed,
                                 name, cfg)
@@ -366,9 +417,12 @@ def main() -> None:
     report = {"command": "python scripts/grad_variance.py " + " ".join(sys.argv[1:]), "model": args.model,
               "parameters": sum(p.numel() for p in params), "projections": args.proj, "prompts": P,
               "budget": budget, "n": args.n, "n_min": a.n_min, "n_max": a.n_max, "resamples": R,
-              "oracle_samples": args.oracle_samples, "first_round": args.first_round, "bootstrap": args.bootstrap,
+              "oracle_samples": args.oracle_samples, "first_round": None if args.checkpoint else args.first_round,
+              "checkpoint": args.checkpoint, "bootstrap": args.bootstrap,
+              "visits_per_prompt": [dict(history.get("visits", [])).get(i, [[0, 0]]).__len__() for i in ids],
               "seed": args.seed, "levels": [p.level for p in problems], "pass_rate_oracle": p_true.tolist(),
               "pass_rate_first_round": [stats.pass_rate(i) for i in ids], "priority": rho,
+              "priority_by_option": {k: v[1] for k, v in views.items()},
               "spec_ratio_uniform_over_neyman": spec_ratio,
               "spec_ratio_uniform_over_box_optimum": (float(predicted(var_true, uni) / predicted(var_true, box_opt))
                                                       if box_opt else float("nan")),

@@ -382,3 +382,117 @@ def test_mastered_threshold_and_floor_are_config_keys():
     for bad in ("allocator.mastered=0", "allocator.floor=0"):
         with pytest.raises(ConfigError, match="must be > 0"):
             load_config(["--config", "configs/default.yaml", bad])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# memory and prior options (docs/ALGORITHM.md §2.1): the official statistics stay the default
+
+
+def _visit(s: PromptStats, pid, n: int, k: int) -> None:
+    s.update([pid] * n, [True] * k + [False] * (n - k))  # one call = one visit of the prompt
+
+
+def test_cumulative_memory_is_the_official_priority():
+    rng = random.Random(0)
+    s = PromptStats()
+    totals: dict[int, list[int]] = {}
+    for _ in range(60):
+        pid, n = rng.randrange(6), rng.randrange(1, 17)
+        k = rng.randrange(n + 1)
+        _visit(s, pid, n, k)
+        totals.setdefault(pid, [0, 0])[0] += n
+        totals[pid][1] += k
+    s.refresh()
+    for pid, (G, k) in totals.items():
+        assert s.remembered(pid) == s.counts(pid) == (G, k)
+        assert s.view([pid]) == ([G], [priority(G, k)])  # bit for bit: the same float operations
+
+
+def test_memories_follow_a_prompt_that_got_solved():
+    # the case: 0/8 in the first epoch, 8/8 in each of the two since
+    stats = {m: PromptStats(memory=m, window=8, decay=0.5, groups=1) for m in ("cumulative", "window", "decay", "groups")}
+    for s in stats.values():
+        for k in (0, 8, 8):
+            _visit(s, "p", 8, k)
+        s.refresh()
+    assert stats["cumulative"].remembered("p") == (24, 16)  # p = 2/3: still reads as a useful prompt
+    assert stats["cumulative"].view(["p"])[1][0] == priority(24, 16)
+    assert stats["window"].remembered("p") == (8.0, 8.0)
+    assert stats["groups"].remembered("p") == (8, 8)
+    assert stats["decay"].remembered("p") == (8 + 4 + 2, 8 + 4)  # weights 1, 1/2, 1/4, newest first
+    for m in ("window", "groups"):  # p = 1: mastered, the floor; the snapshot's G still counts every rollout
+        assert stats[m].view(["p"]) == ([24], [0.01])
+    assert stats["decay"].view(["p"]) == ([24], [0.01])  # 12/14 = 0.857 >= 0.85
+    assert [stats[m].pass_rate("p") for m in stats] == [16 / 24] * 4  # telemetry stays cumulative
+
+
+def test_window_counts_the_oldest_visit_in_proportion():
+    s = PromptStats(memory="window", window=12)
+    _visit(s, 1, 8, 4)
+    _visit(s, 1, 8, 8)
+    assert s.remembered(1) == (12.0, 8.0 + 4 * 4 / 8)  # all of the newest visit, 4 of the 8 before it
+    s.refresh()
+    G, k = 12.0, 10.0
+    assert s.view([1])[1] == [priority(G, k, seen=16)]
+    assert s.view([1])[1][0] == pytest.approx(k * (G - k) / (G * (G - 1)) + 1e-6 * (1 - k / G))
+
+
+def test_groups_memory_gate_and_small_weighted_counts():
+    s = PromptStats(memory="groups", groups=1)
+    _visit(s, 1, 2, 1)
+    s.refresh()
+    assert s.view([1]) == ([2], [-1.0])  # 2 rollouts ever < min_samples 4: no priority yet
+    _visit(s, 1, 2, 1)
+    s.refresh()
+    # 4 rollouts ever: a priority from the latest group (n = 2, k = 1): unbiased variance 1/2
+    assert s.view([1]) == ([4], [priority(2, 1, seen=4)])
+    assert priority(2, 1, seen=4, tie_break=0) == 0.5 and priority(2, 1) == -1.0
+    assert priority(1.5, 0.75, seen=8, tie_break=0) == 2 * 0.5 * 0.5  # weighted counts below 2: the correction at 2
+
+
+def test_beta_prior_keeps_never_solved_prompts_off_the_floor():
+    s = PromptStats(prior=(1, 1))
+    _visit(s, "never", 8, 0)
+    _visit(s, "half", 8, 4)
+    s.refresh()
+    rho = s.view(["never", "half"])[1]
+    a, b = 1, 1 + 8  # posterior Beta(1, 9)
+    assert rho[0] == pytest.approx(a * b / ((a + b) * (a + b + 1)) + 1e-6 * (1 - a / (a + b)))  # 0.0818 > 0.01
+    assert rho[0] > 0.01 and rho[1] > rho[0]
+    _visit(s, "never", 8, 0)
+    s.refresh()
+    assert s.view(["never"])[1][0] < rho[0]  # more failures: a smaller weight (Beta(1, 17) -> 0.050)
+    assert priority(16, 0, prior=(1, 1)) == pytest.approx(17 / (18 * 19) + 1e-6 * (1 - 1 / 18))
+    # the mastered test reads the posterior mean: 8/8 -> 9/10 >= 0.85
+    assert priority(8, 8, prior=(1, 1)) == 0.01 and priority(8, 7, prior=(1, 1)) > 0.01  # 8/10 < 0.85
+
+
+def test_history_round_trip_and_old_checkpoints():
+    s = PromptStats(memory="decay", decay=0.25)
+    for k in (1, 5, 3):
+        _visit(s, 3, 6, k)
+    _visit(s, "x", 4, 4)
+    s.refresh()
+    restored = PromptStats(memory="decay", decay=0.25)
+    restored.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert restored.state_dict() == s.state_dict() and restored.remembered(3) == s.remembered(3)
+    old = PromptStats()  # a checkpoint written before the per-visit history: cumulative counts only
+    old.load_state_dict({"counts": [[3, 18, 9], ["x", 4, 4]], "snapshot": [[3, 18, 0.2]]})
+    assert old.counts(3) == (18, 9) and old.view([3]) == ([18], [0.2])
+
+
+def test_memory_and_prior_config_keys():
+    from dynamo.config import ConfigError, load_config
+    cfg = load_config(["--config", "configs/default.yaml", "allocator.memory=window", "allocator.window=12",
+                       "allocator.prior=[1, 2]"]).allocator
+    s = PromptStats.from_config(cfg)
+    assert (s.memory, s.window, s.priority_kwargs["prior"]) == ("window", 12, (1.0, 2.0))
+    default = PromptStats.from_config(load_config(["--config", "configs/default.yaml"]).allocator)
+    assert default.memory == "cumulative" and default.priority_kwargs["prior"] == ()
+    for bad, match in (("allocator.memory=forever", "choose one of"), ("allocator.window=1", "out of range"),
+                       ("allocator.decay=1", "out of range"), ("allocator.groups=0", "out of range"),
+                       ("allocator.prior=[1]", "two pseudo-counts"), ("allocator.prior=[0, 1]", "two pseudo-counts")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(["--config", "configs/default.yaml", bad])
+    with pytest.raises(ValueError, match="memory="):
+        PromptStats(memory="forever")

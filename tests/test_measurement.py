@@ -9,8 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def run(script, out, timeout=240):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--quick", "--out", str(out)],
+def run(script, out, *extra, timeout=240):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--quick", "--out", str(out), *extra],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
@@ -23,7 +23,8 @@ def test_grad_variance_quick(tmp_path):
     assert rep["prompts"] == 6 and rep["budget"] == 24 and len(rep["pass_rate_oracle"]) == 6
     for est in ("mean", "grpo"):
         rows = {k: v for k, v in rep["estimators"][est].items() if not k.startswith("_")}
-        assert set(rows) == {"uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman"}
+        assert set(rows) == {"uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman",
+                             "window", "decay", "last_group", "beta_prior", "no_mastered"}
         for name, r in rows.items():
             # every allocation spends exactly the budget within the box (uniform: the nominal count)
             assert sum(r["counts"]) == rep["budget"] and min(r["counts"]) >= 1
@@ -54,6 +55,25 @@ def test_experiments_quick(tmp_path):
     assert "| method |" in md and "AUC" in md  # the paper's layout, with the area under the curve
     e = out["arms"]["grpo"]
     assert 0.0 <= e["auc"][0] <= 1.0
+
+    # grad_variance.py on a run's checkpoint: its policy and the statistics the run gathered (every visit)
+    ckpt = tmp_path / "default" / "seed0" / "final"
+    levels = "task_levels=[add1,add2,add3,add4,mul2,mul3,mul4]"  # the quick run's pool, not grad_variance's quick one
+    run("grad_variance.py", tmp_path / "gv", "--checkpoint", str(ckpt), levels)
+    rep = json.loads((tmp_path / "gv" / "grad_variance.json").read_text())
+    assert rep["checkpoint"] == str(ckpt) and rep["first_round"] is None and min(rep["visits_per_prompt"]) >= 1
+    sys.path.insert(0, ROOT)
+    from dynamo.allocator import PromptStats
+    from dynamo.checkpoint import load_state
+    from dynamo.config import load_config
+    from dynamo.data import load_problems
+    stats = PromptStats()
+    stats.load_state_dict(load_state(str(ckpt))["prompt_stats"])
+    stats.refresh()
+    cfg = load_config(["--config", "configs/default.yaml", "train_pool=8", "eval_prompts=14", levels])
+    ids = [p.prompt_id for p in load_problems(cfg)[0][:6]]
+    assert rep["priority_by_option"]["official"] == stats.view(ids)[1]  # the run's own official priorities
+    assert set(rep["priority_by_option"]) == {"official", "window", "decay", "last_group", "beta_prior", "no_mastered"}
 
 
 def test_area_under_the_accuracy_curve():
