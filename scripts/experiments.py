@@ -190,12 +190,13 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def aggregate(out: str, arms: list[str], seeds: list[int]) -> dict:
-    """Per arm: mean +- SE across seeds of every number, and the per-seed paired difference to GRPO."""
+def aggregate(out: str, arms: list[str], seeds: list[int], reference: str = "grpo") -> dict:
+    """Per arm: mean +- SE across seeds of every number, and the per-seed paired difference to the reference arm."""
     runs = {(a, s): load_run(run_dir(out, a, s)) for a in arms for s in seeds}
     done = {k: run_curves(v) | {"summary": v["summary"]} for k, v in runs.items() if v is not None}
-    result = {"out": out, "arms": {}, "missing": [f"{a}/seed{s}" for (a, s), v in runs.items() if v is None]}
-    base = "grpo" if "grpo" in arms else None
+    result = {"out": out, "arms": {}, "missing": [f"{a}/seed{s}" for (a, s), v in runs.items() if v is None],
+              "reference": reference}
+    base = reference if reference in arms else None
     for a in arms:
         ss = [s for s in seeds if (a, s) in done]
         if not ss:
@@ -225,13 +226,13 @@ def aggregate(out: str, arms: list[str], seeds: list[int]) -> dict:
                                for lv in sorted(c[0]["levels_end"])}
         if base and a != base:  # paired by seed: same warm-up, task split and held-out problems
             paired = [s for s in ss if (base, s) in done]
-            entry["end_minus_grpo"] = mean_se([done[(a, s)]["summary"]["end"] - done[(base, s)]["summary"]["end"]
+            entry["end_minus_ref"] = mean_se([done[(a, s)]["summary"]["end"] - done[(base, s)]["summary"]["end"]
                                                for s in paired])
-            entry["gain_minus_grpo"] = mean_se([done[(a, s)]["summary"]["gain"] - done[(base, s)]["summary"]["gain"]
+            entry["gain_minus_ref"] = mean_se([done[(a, s)]["summary"]["gain"] - done[(base, s)]["summary"]["gain"]
                                                 for s in paired])
-            entry["auc_minus_grpo"] = mean_se([done[(a, s)]["auc"] - done[(base, s)]["auc"] for s in paired])
+            entry["auc_minus_ref"] = mean_se([done[(a, s)]["auc"] - done[(base, s)]["auc"] for s in paired])
             entry["paired_seeds"] = paired
-            entry["curve"]["acc_minus_grpo"] = [mean_se([done[(a, s)]["eval_acc"][i] - done[(base, s)]["eval_acc"][i]
+            entry["curve"]["acc_minus_ref"] = [mean_se([done[(a, s)]["eval_acc"][i] - done[(base, s)]["eval_acc"][i]
                                                          for s in paired]) for i in range(len(steps))]
         result["arms"][a] = entry
     return result
@@ -250,37 +251,37 @@ def pm(x: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
 def paper_table(res: dict) -> list[str]:
     """The paper's main-table layout: one row per method, the end accuracy per difficulty level (the paper's
     benchmarks), their mean, the paired difference to GRPO and the area under the accuracy curve."""
-    arms = res["arms"]
+    arms, ref = res["arms"], ARM_LABELS.get(res["reference"], res["reference"])
     first = next(iter(arms.values()), None)
     if not first:
         return []
     levels = list(first["levels_end"])
-    lines = ["| method | " + " | ".join(levels) + " | held-out (all) | − GRPO (paired) | AUC | AUC − GRPO |",
+    lines = ["| method | " + " | ".join(levels) + f" | held-out (all) | − {ref} (paired) | AUC | AUC − {ref} |",
              "|---|" + "---|" * (len(levels) + 4)]
     for a, e in arms.items():
         cells = [pm(e["levels_end"][lv]) for lv in levels]
         lines.append(f"| {ARM_LABELS.get(a, a)} | " + " | ".join(cells) + f" | **{pm(e['end'])}** | "
-                     + (pm(e["end_minus_grpo"]) if "end_minus_grpo" in e else "—") + f" | {pm(e['auc'])} | "
-                     + (pm(e["auc_minus_grpo"]) if "auc_minus_grpo" in e else "—") + " |")
+                     + (pm(e["end_minus_ref"]) if "end_minus_ref" in e else "—") + f" | {pm(e['auc'])} | "
+                     + (pm(e["auc_minus_ref"]) if "auc_minus_ref" in e else "—") + " |")
     return lines + ["", "Final held-out pass@1 per level and over all held-out problems, mean ± SE across seeds; "
-                    "`− GRPO` pairs each seed with GRPO's run of the same seed; AUC is the mean held-out accuracy over "
+                    f"`− {ref}` pairs each seed with {ref}'s run of the same seed; AUC is the mean held-out accuracy over "
                     "the run (trapezoid over the evaluations, divided by the steps).", ""]
 
 
 def markdown(res: dict) -> str:
-    arms = res["arms"]
+    arms, ref = res["arms"], ARM_LABELS.get(res["reference"], res["reference"])
     lines = [f"Command: `{res['command']}`" + (f" (tables: `{res['aggregated_by']}`)" if "aggregated_by" in res else ""), ""]
     lines += paper_table(res)
-    lines += ["| arm | seeds | held-out start | held-out end | gain | end − GRPO (paired) | zero-adv groups "
+    lines += [f"| arm | seeds | held-out start | held-out end | gain | end − {ref} (paired) | zero-adv groups "
               "(after epoch 1) | informative rollouts (after epoch 1) | mean response tokens |",
               "|---|---|---|---|---|---|---|---|---|"]
     for a, e in arms.items():
-        diff = pm(e["end_minus_grpo"]) if "end_minus_grpo" in e else "—"
+        diff = pm(e["end_minus_ref"]) if "end_minus_ref" in e else "—"
         lines.append(f"| {ARM_LABELS.get(a, a)} (`{a}`) | {len(e['seeds'])} | {pm(e['start'])} | {pm(e['end'])} | "
                      f"{pm(e['gain'])} | {diff} | {pm(e['zero_adv_after_epoch1'], digits=3)} | "
                      f"{pm(e['informative_after_epoch1'])} | {pm(e['response_length'], digits=1)} |")
     lines += ["", "Mean ± standard error across seeds (n = seeds). Held-out pass@1 = avg@k over the held-out problems "
-              "at temperature 1. `end − GRPO` is the per-seed difference to the GRPO run of the same seed.", ""]
+              f"at temperature 1. `end − {ref}` is the per-seed difference to the {ref} run of the same seed.", ""]
     # accuracy against rollouts and tokens
     first = next(iter(arms.values()), None)
     if first:
@@ -293,13 +294,13 @@ def markdown(res: dict) -> str:
         for a, e in arms.items():
             cells = [f"{pm(acc)} @ {tok / 1e3:.0f}k tok" for acc, tok in zip(e["curve"]["acc"], e["curve"]["tokens"])]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
-        lines += ["", "Paired difference to GRPO at each evaluation (same seed: same warm-up, held-out problems and "
+        lines += ["", f"Paired difference to {ref} at each evaluation (same seed: same warm-up, held-out problems and "
                   "evaluation sampling seeds; mean ± SE across seeds):", ""]
         lines.append("| arm | " + " | ".join(f"step {s}" for s in steps) + " |")
         lines.append("|---|" + "---|" * len(steps))
         for a, e in arms.items():
-            if "acc_minus_grpo" in e["curve"]:
-                lines.append(f"| {a} | " + " | ".join(f"{v[0]:+.4f} ± {v[1]:.4f}" for v in e["curve"]["acc_minus_grpo"])
+            if "acc_minus_ref" in e["curve"]:
+                lines.append(f"| {a} | " + " | ".join(f"{v[0]:+.4f} ± {v[1]:.4f}" for v in e["curve"]["acc_minus_ref"])
                              + " |")
         levels = list(first["budget_share_after_epoch1"])
         lines += ["", "Share of the rollout budget per difficulty level after epoch 1 (the allocation acts from "
@@ -367,6 +368,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="grpo and default, seed 0, 3 tiny steps (a test)")
     parser.add_argument("--comparison", action="store_true", help="the paper's table: GRPO, the seven baselines and "
                         "DynaMO (" + " ".join(COMPARISON) + ", seeds to rl_seed: one shared start)")
+    parser.add_argument("--reference", default="grpo", help="the arm every other arm is paired with, seed by seed "
+                        "(default grpo; e.g. uniform_allocation to measure allocation options against uniform)")
     parser.add_argument("--aggregate-only", action="store_true", help="no training: tables from the runs on disk")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have summary.json")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run (e.g. steps=40 eval_every=20)")
@@ -398,7 +401,7 @@ def main() -> None:
     t0 = time.time()
     manifest = [] if args.aggregate_only else run_grid(args, overrides)
     wall = time.time() - t0
-    res = aggregate(args.out, args.arms, args.seeds)
+    res = aggregate(args.out, args.arms, args.seeds, args.reference)
     res.update({"command": command, "overrides": overrides, "seeds": args.seeds})
     if manifest:  # keep the wall time of the launch that trained the runs; --aggregate-only reuses it
         res.update({"runs": manifest, "grid_wall_s": round(wall, 1)})

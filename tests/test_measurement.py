@@ -49,7 +49,7 @@ def test_experiments_quick(tmp_path):
         tokens = e["curve"]["tokens"]
         assert tokens[0] == 0 and tokens[1] < tokens[2]  # cumulative generated tokens grow
         assert abs(sum(v[0] for v in e["budget_share_after_epoch1"].values()) - 1) < 1e-9
-    assert "end_minus_grpo" in out["arms"]["default"]
+    assert "end_minus_ref" in out["arms"]["default"] and out["reference"] == "grpo"
     md = (tmp_path / "results.md").read_text()
     assert "python scripts/experiments.py" in md and "| GRPO (`grpo`)" in md
     assert "| method |" in md and "AUC" in md  # the paper's layout, with the area under the curve
