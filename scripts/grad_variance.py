@@ -40,7 +40,10 @@ optimum of sum sigma_i^2 / n_i: true sigma, water level; the best any allocation
 statistics options, each the official rule with one `allocator:` key changed (docs/ALGORITHM.md §2.1): window
 (the last 16 rollouts, configs/memory_window.yaml), decay (0.5 per visit, configs/memory_decay.yaml), last_group
 (the latest group's measured variance, configs/last_group.yaml), beta_prior (Beta(1, 1), configs/beta_prior.yaml),
-no_mastered (no mastered cut, configs/no_mastered.yaml).
+no_mastered (no mastered cut, configs/no_mastered.yaml); and grad_neyman, not an option but a yardstick: the
+box-constrained Neyman allocation n_i ~ sqrt(v_i) by each prompt's gradient variance v_i = tr Cov(g_i) (group-mean
+baseline) measured under uniform in a pilot of R resamples with their own draws, i.e. what an allocation could
+gain if it knew the quantity §1 actually needs rather than the pass-rate proxy.
 
 Where the priorities come from: by default a first round of samples from the frozen policy (one visit per
 prompt, as after one epoch; the memory options then equal the official statistics). With --checkpoint, a
@@ -65,7 +68,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dynamo.allocator import PromptStats, rollout_counts, water_level_continuous  # noqa: E402
+from dynamo.allocator import PromptStats, rollout_counts, water_level, water_level_continuous  # noqa: E402
 from dynamo.config import load_config  # noqa: E402
 from dynamo.data import load_problems, render  # noqa: E402
 from dynamo.grpo import group_advantages, ppo_loss, token_weights  # noqa: E402
@@ -75,7 +78,7 @@ from dynamo.reward import score  # noqa: E402
 from dynamo.rollout import decode_responses, derive_seed, sample  # noqa: E402
 
 ALLOCATIONS = ("uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman",
-               "window", "decay", "last_group", "beta_prior", "no_mastered")
+               "window", "decay", "last_group", "beta_prior", "no_mastered", "grad_neyman")
 # The statistics options (docs/ALGORITHM.md §2.1): the official rule and weights, priorities from PromptStats built
 # with one `allocator:` key changed from the config's (configs/memory_window.yaml, ... carry the same lines).
 OPTIONS = {"window": dict(memory="window"), "decay": dict(memory="decay"), "last_group": dict(memory="groups", groups=1),
@@ -100,7 +103,7 @@ def allocations(names, views, p_true, budget: int, a) -> dict[str, list[int]]:
             "oracle_neyman": dict(mode="oracle", weight="std", rule="water_level")}
     spec.update({n: dict(mode="dynamo", weight="variance", rule="official") for n in OPTIONS})
     return {n: rollout_counts(*views.get(n, views["official"]), budget, oracle_pass_rates=p_true, **spec[n], **box)
-            for n in names}
+            for n in names if n != "grad_neyman"}  # grad_neyman needs a pilot measurement: main() adds it
 
 
 def predicted(var: np.ndarray, counts) -> float:
@@ -278,7 +281,7 @@ def main() -> None:
             from dynamo.warmup import SHIPPED
             args.model = SHIPPED
         given = {o.split("=", 1)[0] for o in overrides}  # the user's keys replace the quick ones (never twice)
-        overrides = [o for o in ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14",
+        overrides = [o for o in ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14", "allocator.n_min=2",
                                  "rollout.max_new_tokens=40"] if o.split("=", 1)[0] not in given] + overrides
     cfg = load_config(["--config", os.path.join(ROOT, args.config) if not os.path.exists(args.config) else args.config,
                        f"seed={args.seed}", "out_dir=unused", *overrides])
@@ -347,6 +350,17 @@ def main() -> None:
     G, rho = views["official"]
     allocs = allocations(args.allocations if "uniform" in args.allocations else ["uniform", *args.allocations],
                          views, p_true.tolist(), budget, a)
+    pilot = None
+    if "grad_neyman" in args.allocations:
+        # Neyman by the gradient variance itself: each prompt's tr Cov(g_i) measured under uniform in a pilot with
+        # its own draws (so the weights are not fitted to the draws they are compared with), n_i ~ sqrt(v_i)
+        t0 = time.time()
+        pilot = measure(model, params, flat, tokenizer, prompts, refs, allocs["uniform"], args.resamples, args.seed,
+                        "pilot", cfg)
+        v = np.clip(np.nan_to_num(np.asarray(pilot["mean"]["per_prompt_trace"])), 0, None)  # (P,)
+        allocs["grad_neyman"] = (water_level(np.sqrt(v).tolist(), budget, a.n_min, a.n_max) if v.sum() > 0
+                                 else allocs["uniform"])
+        print(f"  pilot for grad_neyman ({time.time() - t0:.0f}s)", flush=True)
     print(f"oracle pass rates ({args.oracle_samples} samples): " + " ".join(f"{p:.2f}" for p in p_true), flush=True)
     for name, c in allocs.items():
         print(f"  {name:14s} counts {c}", flush=True)
@@ -403,7 +417,8 @@ def main() -> None:
                     "bernoulli_in_ci": bool(m_ci[0] <= spec_pred <= m_ci[1]) if math.isfinite(spec_pred) else None,
                     "finite_n_in_ci": bool(m_ci[0] <= fin_pred <= m_ci[1]) if math.isfinite(fin_pred) else None,
                     "per_prompt_trace": results[name][e]["per_prompt_trace"],
-                    "zero_adv_group_frac": results[name]["zero_adv_group_frac"]}
+                    "zero_adv_group_frac": results[name]["zero_adv_group_frac"],
+                    "same_counts_as": results[name].get("same_counts_as")}
         # the theory's bound with the measured per-prompt variances in place of p(1-p): what Neyman allocation by the
         # true gradient variance would give (V_uniform / V_opt = P sum v / (sum sqrt v)^2)
         v = np.clip(m_uni, 0, None)
@@ -423,6 +438,7 @@ def main() -> None:
               "seed": args.seed, "levels": [p.level for p in problems], "pass_rate_oracle": p_true.tolist(),
               "pass_rate_first_round": [stats.pass_rate(i) for i in ids], "priority": rho,
               "priority_by_option": {k: v[1] for k, v in views.items()},
+              "pilot_per_prompt_trace": pilot["mean"]["per_prompt_trace"] if pilot else None,
               "spec_ratio_uniform_over_neyman": spec_ratio,
               "spec_ratio_uniform_over_box_optimum": (float(predicted(var_true, uni) / predicted(var_true, box_opt))
                                                       if box_opt else float("nan")),
@@ -453,7 +469,8 @@ def table(rep: dict) -> str:
         for a, r in rows.items():
             if a.startswith("_"):
                 continue
-            lines.append(f"| {a} | {min(r['counts'])}/{max(r['counts'])} | {r['trace']:.4g} | "
+            same = f" (= {r['same_counts_as']}: same counts, same draws)" if r.get("same_counts_as") else ""
+            lines.append(f"| {a}{same} | {min(r['counts'])}/{max(r['counts'])} | {r['trace']:.4g} | "
                          f"{f(r['measured_ratio'])} {g(r['measured_ci95'])} | {f(r['predicted_ratio_bernoulli'])} "
                          f"{g(r['predicted_bernoulli_ci95'])} | {f(r['predicted_ratio_finite_n'])} "
                          f"{g(r['predicted_finite_n_ci95'])} | {f(r['predicted_ratio_plugin'])} | "

@@ -24,7 +24,7 @@ def test_grad_variance_quick(tmp_path):
     for est in ("mean", "grpo"):
         rows = {k: v for k, v in rep["estimators"][est].items() if not k.startswith("_")}
         assert set(rows) == {"uniform", "dynamo", "neyman_std", "water_level", "oracle", "oracle_neyman",
-                             "window", "decay", "last_group", "beta_prior", "no_mastered"}
+                             "window", "decay", "last_group", "beta_prior", "no_mastered", "grad_neyman"}
         for name, r in rows.items():
             # every allocation spends exactly the budget within the box (uniform: the nominal count)
             assert sum(r["counts"]) == rep["budget"] and min(r["counts"]) >= 1
