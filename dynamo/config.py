@@ -39,8 +39,8 @@ class AllocatorConfig:
     mastered: float = 0.85  # pass rate at or above which a prompt counts as mastered and gets the floor priority
     # (official 0.85; above 1 turns the rule off: every seen prompt is weighted by its variance)
     floor: float = 0.01  # priority of mastered and never-solved prompts (official 0.01; > 0)
-    # What the priorities are computed from (docs/ALGORITHM.md §2.1); the official statistics are cumulative.
-    memory: str = "cumulative"  # 'cumulative' every rollout so far | 'window' the last `window` rollouts |
+    memory: str = "cumulative"  # what priorities are computed from (docs/ALGORITHM.md §2.1): 'cumulative' every
+    # rollout so far (official) | 'window' the last `window` rollouts |
     # 'decay' each earlier visit weighted by decay**age | 'groups' the last `groups` visits (1 = the latest group's
     # measured reward variance)
     window: int = 16  # memory: window, rollouts remembered per prompt (>= 2)
