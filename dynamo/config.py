@@ -297,12 +297,11 @@ def _check(cfg: Config) -> None:
                           f"{cfg.prompts_per_step * cfg.rollouts_per_prompt} rollouts cannot be spread with every prompt "
                           f"in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}] (it needs n between them): "
                           f"lower allocator.n_min to {cfg.rollouts_per_prompt} or less, or use allocation=uniform")
-    if not a.mastered > 0 or not a.floor > 0:
-        raise ConfigError(f"config keys 'allocator.mastered' = {a.mastered} and 'allocator.floor' = {a.floor}: "
-                          "both must be > 0 (mastered above 1 turns the mastered rule off)")
-    if a.window < 2 or a.groups < 1 or not 0 < a.decay < 1:
-        raise ConfigError(f"config keys 'allocator.window' = {a.window} (>= 2), 'allocator.groups' = {a.groups} "
-                          f"(>= 1) and 'allocator.decay' = {a.decay} (strictly between 0 and 1) out of range")
+    for key, ok, rule in (("mastered", a.mastered > 0, "> 0 (above 1 turns the mastered rule off)"),
+                          ("floor", a.floor > 0, "> 0"), ("window", a.window >= 2, ">= 2 rollouts"),
+                          ("groups", a.groups >= 1, ">= 1 visit"), ("decay", 0 < a.decay < 1, "strictly between 0 and 1")):
+        if not ok:
+            raise ConfigError(f"config key 'allocator.{key}' = {getattr(a, key)} must be {rule}")
     if a.prior and (len(a.prior) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
                                                  for x in a.prior)):
         raise ConfigError(f"config key 'allocator.prior' = {a.prior!r}: give two pseudo-counts [a, b], both > 0 "

@@ -56,8 +56,9 @@ ARM_LABELS = {"grpo": "GRPO", "default": "DynaMO (full)", "no_modulation": "allo
               "entropy_loss": "Entropy Loss", "fork_tokens": "Fork Tokens", "entropy_adv": "Entropy Advantages",
               "clip_cov": "Clip-Cov", "kl_cov": "KL-Cov", "w_reinforce": "W-REINFORCE"}
 # --quick: tiny everything (as tests/test_train_smoke.py); train_pool 8 / 4 prompts per step makes step 3 the
-# first step of epoch 2, so the allocation path runs too.
-QUICK = ["steps=3", "prompts_per_step=4", "rollouts_per_prompt=4", "eval_prompts=14", "eval_samples=2",
+# first step of epoch 2, so the allocation path runs too (n_min 2 below n = 4 leaves it room to move rollouts,
+# though the quick warm-up solves so little that the priorities are mostly the floor).
+QUICK = ["steps=3", "prompts_per_step=4", "rollouts_per_prompt=4", "allocator.n_min=2", "eval_prompts=14", "eval_samples=2",
          "eval_every=2", "train_pool=8", "warmup.steps=20", "warmup.check_every=20", "warmup.batch_size=16",
          "warmup.target_low=0", "rollout.max_new_tokens=40"]  # target_low 0: a weak start is fine for a smoke test
 WARM_UP = ("import sys, torch; from dynamo.config import load_config; from dynamo.warmup import warm_up; "
@@ -368,8 +369,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="grpo and default, seed 0, 3 tiny steps (a test)")
     parser.add_argument("--comparison", action="store_true", help="the paper's table: GRPO, the seven baselines and "
                         "DynaMO (" + " ".join(COMPARISON) + ", seeds to rl_seed: one shared start)")
-    parser.add_argument("--reference", default="grpo", help="the arm every other arm is paired with, seed by seed "
-                        "(default grpo; e.g. uniform_allocation to measure allocation options against uniform)")
+    parser.add_argument("--reference", help="the arm every other arm is paired with, seed by seed; it must be one of "
+                        "--arms (default: grpo when it is; e.g. uniform_allocation for allocation options)")
     parser.add_argument("--aggregate-only", action="store_true", help="no training: tables from the runs on disk")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have summary.json")
     parser.add_argument("overrides", nargs="*", help="key=value passed to every run (e.g. steps=40 eval_every=20)")
@@ -392,6 +393,9 @@ def main() -> None:
                      if o.split("=", 1)[0] not in given] + overrides
     elif not any(o.startswith("eval_every=") for o in overrides):
         overrides.append("eval_every=20")  # 5 points per curve at 80 steps; evaluation never changes training
+    if args.reference is not None and args.reference not in args.arms:
+        sys.exit(f"--reference {args.reference} is not one of --arms ({' '.join(args.arms)}): add it there")
+    args.reference = args.reference or "grpo"
     for arm in args.arms:
         if not os.path.exists(os.path.join(ROOT, "configs", f"{arm}.yaml")):
             sys.exit(f"unknown arm {arm!r}: configs/{arm}.yaml does not exist")

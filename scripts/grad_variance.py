@@ -52,6 +52,8 @@ visit of every prompt, so the memories differ:
 
     python train.py --config configs/default.yaml out_dir=runs/dynamo          # saves checkpoints/step-000080
     python scripts/grad_variance.py --checkpoint runs/dynamo/checkpoints/step-000080 --out runs/gv_step80
+
+(the run's config.yaml, found next to the checkpoint, supplies the settings and the pool).
 """
 from __future__ import annotations
 
@@ -253,7 +255,8 @@ def clean(x):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/default.yaml", help="settings (sampling, n_min/n_max, warm-up)")
+    ap.add_argument("--config", help="settings (sampling, n_min/n_max, warm-up, the pool); default configs/default.yaml, "
+                    "or with --checkpoint the run's own config.yaml")
     ap.add_argument("--model", default="tiny", help="'tiny' = the cached warm-up (the RL start), or an HF directory")
     ap.add_argument("--checkpoint", help="a train.py checkpoint (out_dir/checkpoints/step-N or out_dir/final): its "
                     "policy, and the per-prompt statistics it has gathered in place of --first-round (pass the run's "
@@ -266,25 +269,37 @@ def main() -> None:
     ap.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
     ap.add_argument("--proj", type=int, default=0, help="k random projections instead of the full trace (0 = full)")
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (and the config's seed, except with --checkpoint, "
+                    "where the run's seed keeps its pool)")
     ap.add_argument("--out", default="runs/grad_variance", help="writes grad_variance.json (+ PNG with matplotlib)")
-    ap.add_argument("--quick", action="store_true", help="6 prompts, R = 4, the shipped warmed start: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 6 prompts, n = 4, R = 4, allocator.n_min=2 and, "
+                    "without --checkpoint, the shipped warmed start on levels add2/add3, a pool of 8 (these replace "
+                    "--prompts/--n/--resamples)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides (e.g. rollout.temperature=0.7)")
     args = ap.parse_args()
     t_start = time.time()
     overrides = list(args.overrides)
+    if args.checkpoint and args.config is None:  # the run's own settings: its pool, seed and box
+        real = os.path.realpath(args.checkpoint)  # out_dir/final may be a link into out_dir/checkpoints
+        found = [c for c in (os.path.join(os.path.dirname(real), "config.yaml"),
+                             os.path.join(os.path.dirname(os.path.dirname(real)), "config.yaml")) if os.path.exists(c)]
+        if not found:
+            sys.exit(f"no config.yaml of the run next to {args.checkpoint} (or one folder up): pass the run's --config")
+        args.config = found[0]
+    args.config = args.config or "configs/default.yaml"
     if args.quick:
         args.prompts, args.n, args.resamples, args.oracle_samples, args.first_round = 6, 4, 4, 8, 4
         args.bootstrap = 200
-        # the shipped warmed start on the levels it half solves: mixed rewards, so gradients are not all zero
-        if args.model == "tiny":
-            from dynamo.warmup import SHIPPED
-            args.model = SHIPPED
+        quick = ["allocator.n_min=2"]  # n = 4 would equal the default n_min: every allocation uniform
+        if not args.checkpoint:  # the shipped warmed start on the levels it half solves: mixed rewards
+            quick += ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14", "rollout.max_new_tokens=40"]
+            if args.model == "tiny":
+                from dynamo.warmup import SHIPPED
+                args.model = SHIPPED
         given = {o.split("=", 1)[0] for o in overrides}  # the user's keys replace the quick ones (never twice)
-        overrides = [o for o in ["task_levels=[add2,add3]", "train_pool=8", "eval_prompts=14", "allocator.n_min=2",
-                                 "rollout.max_new_tokens=40"] if o.split("=", 1)[0] not in given] + overrides
+        overrides = [o for o in quick if o.split("=", 1)[0] not in given] + overrides
     cfg = load_config(["--config", os.path.join(ROOT, args.config) if not os.path.exists(args.config) else args.config,
-                       f"seed={args.seed}", "out_dir=unused", *overrides])
+                       *([] if args.checkpoint else [f"seed={args.seed}"]), "out_dir=unused", *overrides])
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     if args.checkpoint:
@@ -332,8 +347,9 @@ def main() -> None:
         probe.load_state_dict(history)
         unseen = [i for i in ids if probe.counts(i)[0] == 0]
         if unseen:
-            sys.exit(f"{len(unseen)} of the batch's prompts have no statistics in {args.checkpoint}: pass the run's "
-                     "own --config (same data, seed and train_pool) or a later checkpoint")
+            sys.exit(f"{len(unseen)} of the batch's {P} prompts (the first {P} of the pool of --config {args.config}) "
+                     f"have no statistics in {args.checkpoint}: the config's data, seed, train_pool or task_levels "
+                     "differ from the run's, or the run has not visited them yet (a later checkpoint, fewer --prompts)")
     else:  # one round of samples from the frozen policy, as after one epoch
         _, ro1, ok1 = pass_counts(args.first_round, "first_round")
         probe = PromptStats()

@@ -489,8 +489,9 @@ def test_memory_and_prior_config_keys():
     assert (s.memory, s.window, s.priority_kwargs["prior"]) == ("window", 12, (1.0, 2.0))
     default = PromptStats.from_config(load_config(["--config", "configs/default.yaml"]).allocator)
     assert default.memory == "cumulative" and default.priority_kwargs["prior"] == ()
-    for bad, match in (("allocator.memory=forever", "choose one of"), ("allocator.window=1", "out of range"),
-                       ("allocator.decay=1", "out of range"), ("allocator.groups=0", "out of range"),
+    for bad, match in (("allocator.memory=forever", "choose one of"), ("allocator.window=1", "'allocator.window' = 1 must be >= 2"),
+                       ("allocator.decay=1", "'allocator.decay' = 1.0 must be strictly between"),
+                       ("allocator.groups=0", "'allocator.groups' = 0 must be >= 1"),
                        ("allocator.prior=[1]", "two pseudo-counts"), ("allocator.prior=[0, 1]", "two pseudo-counts")):
         with pytest.raises(ConfigError, match=match):
             load_config(["--config", "configs/default.yaml", bad])

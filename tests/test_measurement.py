@@ -58,8 +58,7 @@ def test_experiments_quick(tmp_path):
 
     # grad_variance.py on a run's checkpoint: its policy and the statistics the run gathered (every visit)
     ckpt = tmp_path / "default" / "seed0" / "final"
-    levels = "task_levels=[add1,add2,add3,add4,mul2,mul3,mul4]"  # the quick run's pool, not grad_variance's quick one
-    run("grad_variance.py", tmp_path / "gv", "--checkpoint", str(ckpt), levels)
+    run("grad_variance.py", tmp_path / "gv", "--checkpoint", str(ckpt))  # settings and pool: the run's config.yaml
     rep = json.loads((tmp_path / "gv" / "grad_variance.json").read_text())
     assert rep["checkpoint"] == str(ckpt) and rep["first_round"] is None and min(rep["visits_per_prompt"]) >= 1
     sys.path.insert(0, ROOT)
@@ -70,7 +69,7 @@ def test_experiments_quick(tmp_path):
     stats = PromptStats()
     stats.load_state_dict(load_state(str(ckpt))["prompt_stats"])
     stats.refresh()
-    cfg = load_config(["--config", "configs/default.yaml", "train_pool=8", "eval_prompts=14", levels])
+    cfg = load_config(["--config", str(tmp_path / "default" / "seed0" / "config.yaml")])
     ids = [p.prompt_id for p in load_problems(cfg)[0][:6]]
     assert rep["priority_by_option"]["official"] == stats.view(ids)[1]  # the run's own official priorities
     assert set(rep["priority_by_option"]) == {"official", "window", "decay", "last_group", "beta_prior", "no_mastered"}
