@@ -235,6 +235,8 @@ def _coerce(key: str, value, typ):
         return "true" if value else "false"     # skip_zero_advantage take them as choices
     if typ in (int, float, str, bool) and type(value) is typ:
         return value
+    if origin is list:
+        raise ConfigError(f"config key '{key}': expected a list in brackets, e.g. {key}=[a, b], got {value!r}")
     raise ConfigError(f"config key '{key}': expected {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
@@ -302,6 +304,10 @@ def _check(cfg: Config) -> None:
                           ("groups", a.groups >= 1, ">= 1 visit"), ("decay", 0 < a.decay < 1, "strictly between 0 and 1")):
         if not ok:
             raise ConfigError(f"config key 'allocator.{key}' = {getattr(a, key)} must be {rule}")
+    for key in ("window", "decay", "groups"):  # a memory's length set without that memory would do nothing
+        if getattr(a, key) != getattr(AllocatorConfig, key) and a.memory != key:
+            raise ConfigError(f"config key 'allocator.{key}' = {getattr(a, key)} acts only with allocator.memory={key}, "
+                              f"and allocator.memory is {a.memory!r}: add allocator.memory={key}")
     if a.prior and (len(a.prior) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
                                                  for x in a.prior)):
         raise ConfigError(f"config key 'allocator.prior' = {a.prior!r}: give two pseudo-counts [a, b], both > 0 "

@@ -492,7 +492,10 @@ def test_memory_and_prior_config_keys():
     for bad, match in (("allocator.memory=forever", "choose one of"), ("allocator.window=1", "'allocator.window' = 1 must be >= 2"),
                        ("allocator.decay=1", "'allocator.decay' = 1.0 must be strictly between"),
                        ("allocator.groups=0", "'allocator.groups' = 0 must be >= 1"),
-                       ("allocator.prior=[1]", "two pseudo-counts"), ("allocator.prior=[0, 1]", "two pseudo-counts")):
+                       ("allocator.prior=[1]", "two pseudo-counts"), ("allocator.prior=[0, 1]", "two pseudo-counts"),
+                       ("allocator.prior=1", r"expected a list in brackets, e.g. allocator.prior=\[a, b\]"),
+                       ("allocator.window=32", "acts only with allocator.memory=window"),
+                       ("allocator.decay=0.8", "acts only with allocator.memory=decay")):
         with pytest.raises(ConfigError, match=match):
             load_config(["--config", "configs/default.yaml", bad])
     with pytest.raises(ValueError, match="memory="):
