@@ -9,7 +9,7 @@ What the table reports (docs/ALGORITHM.md §7): P@1 is avg@k, the mean accuracy 
 the unbiased pass@k (Chen et al. 2021) in one row and verl's bootstrap best@k, which the paper's P@32
 most likely is and which understates pass@k, in the other. Avg weighs every benchmark the same.
 Benchmark files: any JSONL in the usual formats of MATH-500, AIME, AMC, GSM8K, Minerva and
-OlympiadBench (README, "The verifier"), the format found from the fields
+OlympiadBench (docs/VERIFIER.md), the format found from the fields
 (dynamo.verifier.reference_answer); `arithmetic` is the built-in task's held-out split.
 Writes to `output`: samples.jsonl (one line per sample), summary.json (every metric with its bootstrap
 CI) and table.md. Each rank appends to output/parts/rank<r>.jsonl as problems finish (so ranks need

@@ -2,16 +2,14 @@
 
 The theory is docs/ALGORITHM.md §1, the statistics §2, the allocation rule §3; step 1 of train.py.
 
-Pure Python/numpy, no torch. The training loop uses four names:
+Pure Python/numpy, no torch. The training loop uses two names, and the log a third:
 
-    stats = PromptStats()                       # (n, k) of every visit per prompt id; goes into every checkpoint
-    stats.refresh()                             # at each epoch start (or each step with `refresh: step`)
-    G, rho = stats.view(prompt_ids)             # snapshot values for this batch (G=0, rho=-1 if never seen)
-    counts = rollout_counts(G, rho, budget, mode=..., weight=..., rule=..., n_min=..., n_max=...,
-                            exploration_budget=...)
+    stats = PromptStats.from_config(cfg.allocator)   # (n, k) of every visit per prompt id; in every checkpoint
+    counts = step_counts(cfg, stats, prompt_ids, new_epoch)   # stats.refresh() at each epoch start (or step),
+                                                # stats.view(prompt_ids) -> (G, rho), rollout_counts(G, rho, ...)
     ...                                         # sample, verify
     stats.update(response_prompt_ids, response_correct)   # one (id, correct) pair per response
-    log(allocation_telemetry(counts, [stats.pass_rate(i) for i in prompt_ids], ...))
+    allocation_telemetry(counts, [stats.pass_rate(i) for i in prompt_ids], ...)   # the alloc/* metrics
 
 Official behaviour was read from GithubX-F/DynaMO-RL @ 496c27f:
   - `priority`  <- verl/utils/dataset/rl_dataset.py `update_rank` (lines 168-199). This is the dataset class
@@ -498,6 +496,20 @@ class PromptStats:
 # 6. telemetry (logged into the JSONL metrics each step)
 
 PASS_RATE_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # right-closed last bin: [0.8, 1.0]
+
+
+def step_counts(cfg, stats: PromptStats, prompt_ids: Sequence, new_epoch: bool,
+                oracle_pass_rates: Sequence[float] | None = None) -> list[int]:
+    """Step 1 of train.py: this rank's rollouts per prompt. Their total is the rank's share of the step's budget,
+    len(prompt_ids) * rollouts_per_prompt, the same on every rank (§3). The priorities are a snapshot, taken
+    when an epoch starts (official) or before every step (allocator.refresh)."""
+    a = cfg.allocator
+    if new_epoch or a.refresh == "step":
+        stats.refresh()
+    G, rho = stats.view(prompt_ids)
+    return rollout_counts(G, rho, len(prompt_ids) * cfg.rollouts_per_prompt, mode=cfg.allocation, weight=a.weight,
+                          rule=a.rule, n_min=a.n_min, n_max=a.n_max, exploration_budget=a.exploration_budget,
+                          oracle_pass_rates=oracle_pass_rates)
 
 
 def allocation_telemetry(counts: Sequence[int], pass_rate_estimates: Sequence[float | None],

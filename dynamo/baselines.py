@@ -122,8 +122,19 @@ class Selection:
 
 
 def selects_tokens(loss_cfg) -> bool:
-    """Whether any selection method is on (they need every row of their unit: see train.skips_zero_advantage)."""
+    """Whether any selection method is on (Fork Tokens, Clip-Cov, KL-Cov)."""
     return loss_cfg.fork_top < 1.0 or loss_cfg.clip_cov_ratio > 0 or loss_cfg.kl_cov_ratio > 0
+
+
+def needs_every_row(loss_cfg) -> list[str]:
+    """The switched-on methods (their config keys) whose loss depends on rows with advantage 0 too, so that
+    leaving those rows out would change the gradient: Entropy Loss and KL-Cov add terms that do not vanish with
+    A, Fork Tokens' quantile and Clip-Cov's covariance are over every token of their unit. The one place this
+    rule lives: config validation refuses skip_zero_advantage=true with them, objective.skips_zero_advantage
+    keeps every row under auto."""
+    c = loss_cfg
+    return [key for key, on in (("loss.entropy_coef", c.entropy_coef > 0), ("loss.kl_cov_ratio", c.kl_cov_ratio > 0),
+                                ("loss.fork_top", c.fork_top < 1), ("loss.clip_cov_ratio", c.clip_cov_ratio > 0)) if on]
 
 
 def select_tokens(loss_cfg, logp: Tensor, old_logp: Tensor, entropy: Tensor, advantages: Tensor, mask: Tensor,

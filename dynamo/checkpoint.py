@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -268,3 +269,11 @@ class StopRequest:
     def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def exit(self, step: int, signum: int) -> None:
+        """Leave the run after the checkpoint of `step` (every rank, with the agreed `signum`): exit status
+        128 + the signal's number, as a shell reports a process the signal ended."""
+        self.log(f"interrupted at step {step}; resume with resume=auto")
+        self.restore()
+        dist.shutdown()
+        sys.exit(128 + signum)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from dynamo.baselines import needs_every_row
+
 
 class ConfigError(ValueError):
     """A config problem found before any work starts; the message names the key."""
@@ -178,6 +180,11 @@ class Config:
     def rollouts_per_step(self) -> int:
         return self.prompts_per_step * self.rollouts_per_prompt
 
+    @property
+    def rl_seed_resolved(self) -> int:
+        """The seed of the RL phase (prompt order, rollouts, mini-batches): rl_seed, or seed when it is -1."""
+        return self.seed if self.rl_seed < 0 else self.rl_seed
+
 
 CHOICES = {
     "skip_zero_advantage": ("auto", "true", "false"),
@@ -325,8 +332,7 @@ def _check(cfg: Config) -> None:
                           "'loss.entropy_adv_kappa' > 1, 'loss.fork_top' in (0, 1], 'loss.clip_cov_ratio' and "
                           "'loss.kl_cov_ratio' in [0, 1), 'loss.kl_cov_coef' >= 0, 'loss.clip_cov_low' < "
                           "'loss.clip_cov_high' required")
-    needs_rows = [k for k, on in (("loss.entropy_coef", ls.entropy_coef > 0), ("loss.kl_cov_ratio", ls.kl_cov_ratio > 0),
-                                  ("loss.fork_top", ls.fork_top < 1), ("loss.clip_cov_ratio", ls.clip_cov_ratio > 0)) if on]
+    needs_rows = needs_every_row(ls)
     if cfg.skip_zero_advantage == "true" and needs_rows:
         raise ConfigError(f"skip_zero_advantage = true cannot be used with {needs_rows[0]}: that method's loss "
                           "term or token selection depends on every row, including those with advantage 0 "

@@ -2,12 +2,14 @@
 
 `sample_and_score` draws k responses per problem with the rollout code, in batches of about
 `batch_rollouts` rollouts, and grades each one; `evaluate` is train.py's summary of it (accuracy per
-level, standard error; step 8 of train.py). eval.py adds resume, benchmark files and the estimators of
+level, standard error; step 8 of train.py) and `evaluate_run` its held-out and
+benchmark evaluation, logged. eval.py adds resume, benchmark files and the estimators of
 dynamo/metrics.py.
 """
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 import torch
@@ -16,6 +18,7 @@ from dynamo import distributed as dist
 from dynamo.metrics import avg_at_k
 from dynamo.reward import score
 from dynamo.rollout import decode_responses, derive_seed, sample
+from dynamo.step_metrics import write_row
 from dynamo.verifier import extract_answer
 
 
@@ -84,6 +87,36 @@ def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, te
         by_level[p.level].append(a)
     return {"accuracy": avg_at_k(verdicts), "se": standard_error(acc), "per_problem": acc,
             "levels": {k: mean(v) for k, v in sorted(by_level.items())}}
+
+
+def evaluate_run(cfg, model, tokenizer, data, step: int, log, metrics_file) -> tuple[dict | None, dict]:
+    """train.py's evaluation (step 8; also at step 0 and the end): the built-in task's held-out split and every
+    eval_data benchmark, logged and written as one `kind: eval` metrics row. Returns (held-out result or None,
+    {benchmark: result}); `data` is dynamo.launch.Data."""
+    kw = dict(samples=cfg.eval_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+              max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"))
+    row, res, t0 = {"kind": "eval", "step": step}, None, time.time()
+    if data.heldout:
+        res = evaluate(model, tokenizer, data.heldout, data.heldout_prompts, **kw)
+        levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
+        log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
+            f"| {time.time() - t0:.1f}s")
+        row.update({"eval/accuracy": res["accuracy"], "eval/se": res["se"],
+                    **{f"eval/{k}": v for k, v in res["levels"].items()}})
+    t0, k = time.time(), cfg.eval_samples
+    bench = {name: evaluate(model, tokenizer, probs, data.bench_prompts[name], fallbacks=True, **kw)
+             for name, probs in data.benchmarks.items()}  # graded as eval.py grades (unboxed endings too)
+    if bench:
+        mean_acc = sum(r["accuracy"] for r in bench.values()) / len(bench)
+        log(f"eval step {step:4d} | " + " | ".join(f"{n} avg@{k} {r['accuracy']:.4f} +- {r['se']:.4f}"
+                                                   for n, r in bench.items())
+            + f" | mean {mean_acc:.4f} | {time.time() - t0:.1f}s")
+        for n, r in bench.items():
+            row.update({f"eval/{n}/avg@{k}": r["accuracy"], f"eval/{n}/se": r["se"]})
+        row[f"eval/mean/avg@{k}"] = mean_acc
+    if res or bench:
+        write_row(metrics_file, row)
+    return res, bench
 
 
 def measure_pass_rates(cfg, model, tokenizer, pool, prompts) -> list[float]:

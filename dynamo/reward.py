@@ -1,10 +1,14 @@
 """Reward: is each response's final answer equivalent to its own prompt's reference? (dynamo.verifier)
 
-Step 3 of train.py (docs/ALGORITHM.md §4: rewards +1 / -1).
+Step 3 of train.py (`verify`; docs/ALGORITHM.md §4: rewards +1 / -1).
 """
 from __future__ import annotations
 
-from dynamo.verifier import verify_batch
+import torch
+
+from dynamo.verifier import stats, verify_batch
+
+COUNTERS = ("parse_failures", "timeouts", "internal_errors")  # the verifier's counters a training step logs
 
 
 def score(responses: list[str], references: list[str], *, fallbacks: bool = False) -> list[bool]:
@@ -16,3 +20,12 @@ def score(responses: list[str], references: list[str], *, fallbacks: bool = Fals
     if len(responses) != len(references):
         raise ValueError(f"{len(responses)} responses but {len(references)} references")
     return verify_batch(list(zip(responses, references)), fallbacks=fallbacks)
+
+
+def verify(responses: list[str], references: list[str], extraction: str) -> tuple[torch.Tensor, dict[str, int]]:
+    """Step 3 of train.py: (correct (N,) bool, the verifier's counters over these responses). `extraction` is
+    the config's reward.extraction ('boxed' | 'fallbacks')."""
+    before = stats()
+    correct = torch.tensor(score(responses, references, fallbacks=extraction == "fallbacks"))  # (N,)
+    after = stats()
+    return correct, {key: after[key] - before[key] for key in COUNTERS}

@@ -58,11 +58,48 @@ class StepGather:
     levels: list  # difficulty level of each prompt
     group_rewards: list  # each prompt's rewards this step
 
+    @classmethod
+    def of(cls, problems, counts, prompt_stats, correct: torch.Tensor, prompt_index: torch.Tensor) -> StepGather:
+        """This rank's lists, with the pass rates the allocation saw (before this step's update)."""
+        rewards = correct.float() * 2 - 1  # (N,) +-1
+        return cls(counts=counts, pass_rates=[prompt_stats.pass_rate(p.prompt_id) for p in problems],
+                   levels=[p.level for p in problems],
+                   group_rewards=[rewards[prompt_index == j].tolist() for j in range(len(problems))])
+
     @staticmethod
     def telemetry(parts: list[StepGather]) -> dict:
         """`alloc/*` fields over the prompts of every rank."""
         return allocation_telemetry(*(sum((getattr(p, f.name) for p in parts), [])
                                       for f in dataclasses.fields(StepGather)))
+
+
+def step_sums(ro, groups: int, correct: torch.Tensor, adv: torch.Tensor, old, tally, verifier: dict,
+              times: dict) -> StepSums:
+    """This rank's sums of one step, all gathered here: the rollouts `ro`, their verdicts `correct` (N,) and
+    advantages `adv` (N,), the behaviour pass `old` and the update's `tally` (dynamo.objective), the verifier's
+    counters during the step and the phases' times (seconds); `groups` is this rank's number of prompts."""
+    n = len(correct)
+    zero_adv = torch.zeros(groups).index_add_(0, ro.prompt_index, adv.abs()) == 0  # (P,) groups with no signal
+    mask = old.mask  # (N, T)
+    return StepSums(
+        rollouts=n, correct=correct.sum().item(), zero_adv_groups=zero_adv.sum().item(), groups=groups,
+        entropy=(old.entropy * mask).sum().item(), tokens=mask.sum().item(), truncated=ro.truncated.sum().item(),
+        clip=tally.clip * n, approx_kl=tally.approx_kl * n, loss=tally.loss, **verifier,
+        t_generate=times["generate"], t_logprobs=times["logprobs"], t_update=times["update"],
+        rows_skipped=int((~old.live).sum()), entropy_tokens=mask[old.passed].sum().item(),
+        selected=tally.selected, psi=tally.psi, kl_abs=tally.kl_abs)
+
+
+def write_samples(file, step: int, count: int, problems, counts, prompt_index, texts, correct, adv) -> None:
+    """The step's first `count` rollouts of this rank to samples.jsonl, with their prompt, reward and advantage."""
+    seen = [0] * len(problems)  # rows of each prompt so far: a row's index within its prompt's group
+    for i in range(min(count, len(texts))):
+        j = int(prompt_index[i])
+        write_row(file, {"step": step, "prompt_id": problems[j].prompt_id, "level": problems[j].level,
+                         "allocated": counts[j], "group": seen[j], "prompt": problems[j].prompt, "response": texts[i],
+                         "reference": problems[j].answer, "reward": correct[i].float().item() * 2 - 1,
+                         "advantage": adv[i].item()})
+        seen[j] += 1
 
 
 def train_row(step: int, s: StepSums, *, world: int, grad_norm: float, skipped: int, lr: float,
@@ -101,6 +138,13 @@ def open_log(out_dir: str, name: str, start: int):
     elif start == 1 and os.path.exists(path):
         os.remove(path)  # a fresh run owns its directory's logs
     return open(path, "a")
+
+
+def open_logs(out_dir: str, start: int):
+    """(metrics.jsonl, samples.jsonl) opened for appending from step `start` on rank 0; (None, None) elsewhere."""
+    if not dist.is_main():
+        return None, None
+    return open_log(out_dir, "metrics.jsonl", start), open_log(out_dir, "samples.jsonl", start)
 
 
 def read_metrics(run_dir: str) -> dict[str, list[dict]]:

@@ -132,6 +132,12 @@ def ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
+def share(part: float, whole: float) -> float:
+    """part / whole, or nan where the whole measured 0: under --quick the measurements share one process, and
+    memory freed by an earlier one can serve a later one without raising the resident high-water mark."""
+    return part / whole if whole else float("nan")
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -328,7 +334,7 @@ def part_logprobs(args) -> list[dict]:
                       "time_s": statistics.median(times["chunked"]), "baseline_s": statistics.median(times["naive"]),
                       "time_ratio": ratio(times["naive"], times["chunked"]),
                       "peak_mib": mem["chunked"]["peak_extra"] / MIB,
-                      "mem_ratio": mem["chunked"]["peak_extra"] / mem["naive"]["peak_extra"], "note": note})
+                      "mem_ratio": share(mem["chunked"]["peak_extra"], mem["naive"]["peak_extra"]), "note": note})
     if args.lp_big_size:
         rows, tokens = args.lp_big_size
         logits_gib = rows * tokens * args.vocab * 4 / 2 ** 30  # one (N*T, V) float32 tensor

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from dynamo import checkpoint
+from dynamo import checkpoint, objective
 from tests.helpers import SHIPPED_START, assert_logged_as_recorded, merged, require_gradients, step_rows, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,8 +214,8 @@ def test_long_prompts_stop_or_are_skipped(tmp_path, model_dir, capsys):
 
 def test_non_finite_loss_skips_the_step_and_stops_after_a_streak(tmp_path, model_dir, monkeypatch):
     data = write(tmp_path / "d.jsonl", GOOD)
-    real = train.ppo_loss
-    monkeypatch.setattr(train, "ppo_loss", lambda *a, **k: (lambda l, s: (l * float("nan"), s))(*real(*a, **k)))
+    real = objective.ppo_loss
+    monkeypatch.setattr(objective, "ppo_loss", lambda *a, **k: (lambda l, s: (l * float("nan"), s))(*real(*a, **k)))
     out = tmp_path / "out"
     args = ["--config", CONFIG, *merged(SMALL, [f"model={model_dir}", f"data={data}", "prompts_per_step=2"])]
     train.main([*args, "steps=2", f"out_dir={out}"])

@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 
 import train
 from dynamo.config import load_config
+from dynamo.objective import skips_zero_advantage
+from dynamo.run_state import zero_missing_gradients
 from tests.helpers import SHIPPED_START, merged, require_gradients, step_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +50,7 @@ def test_skipping_leaves_the_update_unchanged_where_exact(config, extra, tmp_pat
 
 def test_auto_skips_only_where_exact():
     def skips(*args):
-        return train.skips_zero_advantage(load_config(["--config", os.path.join(ROOT, "configs", args[0]), *args[1:]]))
+        return skips_zero_advantage(load_config(["--config", os.path.join(ROOT, "configs", args[0]), *args[1:]]))
     assert skips("grpo.yaml") and skips("uniform_allocation.yaml", "modulation.scope=step")
     assert not skips("default.yaml")  # micro-batch-scope modulation: the factors' normalisers would change
     assert skips("default.yaml", "skip_zero_advantage=true") and not skips("grpo.yaml", "skip_zero_advantage=false")
@@ -68,7 +70,7 @@ def test_a_mini_batch_with_no_gradient_still_steps_adamw():
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
     before = model.weight.detach().clone()
     opt.zero_grad(set_to_none=True)  # no backward ran
-    train.zero_missing_gradients(model)
+    zero_missing_gradients(model)
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     opt.step()
     assert torch.allclose(model.weight.detach(), before * (1 - 0.1 * 0.5))  # decayed, as with a zero gradient

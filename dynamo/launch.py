@@ -1,0 +1,116 @@
+"""Starting a run (train.py's setup): every input is checked before any work, then the policy, the data and the
+run state come up, fresh or from a checkpoint.
+
+`read_config` turns the command line into a checked Config (or prints --help); `start` claims out_dir, loads
+the problems, the model and its tokenizer (or the embedded default's warmed start), renders the prompts, moves
+and shards the policy, and returns the RunState, restored when the run resumes. Bad input stops the run here
+with one message naming what to change, never a traceback an hour in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import torch
+
+from dynamo import checkpoint, distributed as dist
+from dynamo.config import ConfigError, check_machine_and_paths, dump, help_text, load_config, to_dict
+from dynamo.data import check_context, drop_long_prompts, load_problems, read_benchmarks, render
+from dynamo.evaluate import measure_pass_rates
+from dynamo.model import load_pretrained
+from dynamo.run_state import RunState
+from dynamo.warmup import WarmupError, warm_up
+
+
+@dataclasses.dataclass
+class Data:
+    """The run's problems and their rendered prompts."""
+    pool: list  # training problems (dynamo.task.Problem), revisited every epoch
+    pool_prompts: list  # each rendered with the config's template
+    heldout: list  # the built-in task's held-out split ([] for a data file)
+    heldout_prompts: list
+    benchmarks: dict  # eval_data: {name: problems}, evaluated during training
+    bench_prompts: dict  # {name: prompts}
+
+
+def read_config(argv: list[str], usage: str):
+    """The checked config of `argv`, printed (a bad one exits with its message), or None after printing --help.
+    Starts the process group under torchrun."""
+    if {"-h", "--help"} & set(argv):
+        print("usage: python train.py --config FILE [key=value ...]\n" + usage + "\nconfig keys (type = default "
+              "before any config file):\n" + help_text() + "\n\nThe resolved values of a config: "
+              "python -m dynamo.config --config FILE [key=value ...]")
+        return None
+    try:
+        cfg = load_config(argv)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    world = dist.init()[1]
+    if cfg.prompts_per_step % world:
+        sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
+                 f"{world} ranks (each rank gets the same share)")
+    try:
+        check_machine_and_paths(cfg)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    dist.print0(dump(cfg))  # the resolved config, as config.yaml will hold it
+    return cfg
+
+
+def device_of(cfg) -> torch.device:
+    return torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                        else "cpu")
+
+
+def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]:
+    """The run state and data, every input checked first; (None, None) when out_dir holds this run, finished."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    try:
+        if dist.is_main():
+            checkpoint.check_writable(cfg.out_dir)
+        resume = checkpoint.claim_out_dir(cfg, log)
+        dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
+        saved = checkpoint.load_state(resume) if resume else None
+        if saved:
+            checkpoint.check_resumable(resume, saved, to_dict(cfg))
+        if saved and saved["step"] == cfg.steps:  # its logs, summary and final weights stay as they are
+            log(f"the run in {cfg.out_dir} already finished all {cfg.steps} steps ({resume}): nothing to do; "
+                "raise steps to continue it")
+            return None, None
+        pool, heldout = load_problems(cfg)
+        benchmarks = read_benchmarks(cfg.eval_data)  # validation sets, {name: problems}
+        torch.manual_seed(cfg.seed)
+        if resume:  # the policy (and its tokenizer) come back from the checkpoint
+            model, tokenizer = load_pretrained(resume, dtype)
+        elif cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
+            if dist.is_main():
+                warm_up(cfg, torch.device("cpu"), log=log)
+            dist.barrier()
+            model, tokenizer, _ = warm_up(cfg, torch.device("cpu"), log=lambda *a: None)
+        else:
+            model, tokenizer = load_pretrained(cfg.model, dtype)
+        pool = drop_long_prompts(cfg, pool, tokenizer, log)
+        data = Data(pool, [render(p, cfg.template, tokenizer) for p in pool],
+                    heldout, [render(p, cfg.template, tokenizer) for p in heldout], benchmarks,
+                    {name: [render(p, cfg.template, tokenizer) for p in probs] for name, probs in benchmarks.items()})
+        for what, prompts in [("the training data", data.pool_prompts), ("the held-out split", data.heldout_prompts),
+                              *((f"eval_data {name!r}", prompts) for name, prompts in data.bench_prompts.items())]:
+            check_context(prompts, what, tokenizer, cfg.rollout.max_new_tokens, model)
+    except (OSError, ValueError, WarmupError) as e:
+        sys.exit(f"error: {e}")
+    if dist.is_main():
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(dump(cfg))
+    model.to(device=device, dtype=dtype).train()
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if dist.active() and cfg.parallel.fsdp:  # under torchrun: FSDP2 over all ranks (python train.py: plain)
+        mp = cfg.parallel.mixed_precision
+        dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
+    state = RunState.fresh(cfg, model, tokenizer, len(pool))
+    if saved:
+        state.restore(resume, saved, log)
+    elif cfg.allocation == "oracle":
+        state.oracle = measure_pass_rates(cfg, model, tokenizer, pool, data.pool_prompts)
+    return state, data
