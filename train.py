@@ -8,7 +8,8 @@ Shapes used throughout: P prompts, N rollouts (N = sum of per-prompt counts), T 
 V vocabulary. One step (docs/ALGORITHM.md §9; the loop's comments use the same numbers):
   1. allocate   2. sample   3. verify   4. advantages   5. old log-probs
   6. modulate and 7. update, micro-batch by micro-batch, one optimiser step per mini-batch   8. log
-DynaMO adds phase 1's allocation and phase 6's modulation; with both off (configs/grpo.yaml) this is GRPO.
+DynaMO adds phase 1's allocation and phase 6's modulation; with both off (configs/grpo.yaml, which also sets
+the PPO clip to 0.2/0.2) this is GRPO.
 How this GRPO differs from the DeepSeekMath paper's: no KL term and no entropy bonus, PPO dual clip,
 token-mean loss over the mini-batch, rewards +-1 (docs/ALGORITHM.md §6, the official DynaMO run).
 What the config fixes for the whole run (the baselines' switches, which rows each pass runs on) is decided
@@ -43,14 +44,14 @@ def main(argv: list[str]) -> None:
     state, data = start(cfg, device, log)  # out_dir claimed; the policy, the data, the run state (fresh or resumed)
     if state is None:  # out_dir holds this run, finished
         return dist.shutdown()
-    model, tokenizer, rl_seed = state.model, state.tokenizer, cfg.rl_seed_resolved
+    model, tokenizer, rl_seed = state.model, state.tokenizer, cfg.rl_seed_resolved  # rl_seed: RL's seed, or seed
     objective = Objective(cfg, model, device)  # the loss side, decided once: rows, the baselines' switches
     metrics_file, samples_file = open_logs(cfg.out_dir, state.step + 1)  # rank 0's; None on the others
     log(objective.describe())
-    evaluate = functools.partial(evaluate_run, cfg, model, tokenizer, data, log=log, metrics_file=metrics_file)
+    run_eval = functools.partial(evaluate_run, cfg, model, tokenizer, data, log=log, metrics_file=metrics_file)
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit
     if state.first_eval is None and state.first_benchmarks is None:
-        state.first_eval, state.first_benchmarks = evaluate(0)
+        state.first_eval, state.first_benchmarks = run_eval(0)
     t_start = time.time()
 
     # ---------------------------------------------------------------- loop (docs/ALGORITHM.md §9)
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> None:
         mine = batch[rank::world]
         problems = [data.pool[i] for i in mine]
         counts = step_counts(cfg, state.prompt_stats, [p.prompt_id for p in problems], new_epoch,
-                             [state.oracle[i] for i in mine] if state.oracle else None)
+                             [state.oracle[i] for i in mine] if state.oracle else None)  # allocation: oracle
         # 2. sample with the KV cache; response j of a prompt is seeded by (seed, step, prompt id, j) alone,
         #    so neither resume, evaluation, the batch split nor the number of ranks changes what is drawn
         with dist.gathered(model, cfg.parallel.unshard_for_rollout):
@@ -70,15 +71,14 @@ def main(argv: list[str]) -> None:
                         seeds=[derive_seed(rl_seed, "rollout", step, p.prompt_id) for p in problems],
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         max_new_tokens=cfg.rollout.max_new_tokens)
-        texts = decode_responses(tokenizer, ro)
-        t_gen = time.time() - t0
+        texts, t_gen = decode_responses(tokenizer, ro), time.time() - t0
         # 3. verify each response against its own prompt's reference (joined by prompt_index, §8), then
         #    update the statistics: every rank gets every response's own (prompt id, correct) pair
         pidx = ro.prompt_index  # (N,)
-        correct, verifier = verify(texts, [problems[i].answer for i in pidx.tolist()], cfg.reward.extraction)  # (N,)
-        seen = StepGather.of(problems, counts, state.prompt_stats, correct, pidx)  # what the allocation saw
-        parts = dist.all_gather_objects(([problems[i].prompt_id for i in pidx.tolist()], correct.tolist(), seen))
-        for rollout_ids, rollout_correct, _ in parts:
+        correct, verifier_counts = verify(texts, [problems[i].answer for i in pidx.tolist()], cfg.reward.extraction)
+        alloc_view = StepGather.of(problems, counts, state.prompt_stats, correct, pidx)  # what the allocation saw
+        parts = dist.all_gather_objects(([problems[i].prompt_id for i in pidx.tolist()], correct.tolist(), alloc_view))
+        for rollout_ids, rollout_correct, _ in parts:  # every rank's responses, in rank order
             state.prompt_stats.update(rollout_ids, rollout_correct)
         # 4. advantages: normalised within the rollouts of each prompt, any group size (§4)
         adv = objective.advantages(correct, pidx)  # (N,)
@@ -86,25 +86,26 @@ def main(argv: list[str]) -> None:
         t1 = time.time()
         old = objective.behaviour(model, ro, adv, step)
         t_logp = time.time() - t1
-        norms = step_normalisers(cfg, old.logp, old.entropy, old.adv, old.mask, old.expected_u)  # {}: micro scope
+        # 6 (modulation.scope: step). the factors' normalisers over the whole step ({} at micro-batch scope)
+        norms = step_normalisers(cfg, old.logp, old.entropy, old.adv_tok, old.mask, old.expected_u)
         # 6-7. per mini-batch one optimiser step; per micro-batch the current log-probs, the modulated
         #      advantages (6) and the loss's backward (7), gradients accumulated
         tally = UpdateTally(n_run=old.n_run)
-        for mini in objective.mini_batches(model, ro, old, step, rank, pidx):
+        for mini in objective.mini_batches(model, ro, old, step=step, rank=rank, prompt_index=pidx):
             state.optimizer.zero_grad(set_to_none=True)
             for micro in mini:
                 r = micro.rows
-                cur = objective.policy(model, ro, r)  # current log-probs and entropies, with grad
-                # 6. modulate (§5): A <- A * beta_comp * beta_stab, both detached
-                a_tok = modulate(cfg, cur, old.logp[r], old.adv[r], old.mask[r], norms, tally.factors)  # (n, T)
+                cur = objective.current_stats(model, ro, r)  # current log-probs and entropies, with grad
+                # 6. modulate (§5): A <- A * beta_comp * beta_stab, both detached (their values logged in tally)
+                a_tok = modulate(cfg, cur, old.logp[r], old.adv_tok[r], old.mask[r], norms, tally.factors)  # (n, T)
                 # 7. update (§6): PPO dual-clip loss and the switched-on baselines; denominator in micro.weights
                 objective.loss(cur, a_tok, micro, old, tally).backward()
             tally.grad_norm += state.optimizer_step(cfg.optim) / cfg.mini_batches  # zero-fill, sum, clip, step
         state.scheduler.step()
-        times = {"generate": t_gen, "logprobs": t_logp, "update": time.time() - t1 - t_logp}
         # 8. log (this rank's sums, one reduction over ranks), samples, evaluate, checkpoint
         state.step = step
-        sums = step_sums(ro, len(problems), correct, adv, old, tally, verifier, times).reduced()
+        sums = step_sums(ro, correct, adv, old, tally, groups=len(problems), verifier=verifier_counts,
+                         times={"generate": t_gen, "logprobs": t_logp, "update": time.time() - t1 - t_logp}).reduced()
         row = train_row(step, sums, world=world, grad_norm=tally.grad_norm, skipped=state.skipped,
                         lr=state.scheduler.get_last_lr()[0], t_step=time.time() - t0)
         log(console_line(row, clip=cfg.mini_batches > 1))  # one mini-batch: ratios are 1, nothing clipped
@@ -113,22 +114,22 @@ def main(argv: list[str]) -> None:
         if old.diagnose:  # every diagnose_every steps: predicted against measured entropy change
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, old)
         write_row(metrics_file, row)
-        if samples_file and cfg.sample_every and step % cfg.sample_every == 0:
+        if samples_file and cfg.sample_every and step % cfg.sample_every == 0:  # rank 0's rows
             write_samples(samples_file, step, cfg.samples_per_step, problems, counts, pidx, texts, correct, adv)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate(step)
+            run_eval(step)
         stop = stop_request.agreed()  # every rank stops after the same step
-        if (stop or cfg.checkpoint_every and step % cfg.checkpoint_every == 0) and step != cfg.steps:
-            state.save(cfg)
+        if (stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)) and step != cfg.steps:
+            state.save(cfg)  # (the last step's evaluation and checkpoint are finish()'s)
         if stop and step != cfg.steps:
             stop_request.exit(step, stop)  # "resume with resume=auto", exit status 128 + the signal
-    finish(cfg, argv, state, evaluate, stop_request, log, t_main, t_start)
+    finish(cfg, argv, state, run_eval, stop_request, log, t_main, t_start)
 
 
-def finish(cfg, argv, state, evaluate, stop_request, log, t_main: float, t_start: float) -> None:
+def finish(cfg, argv, state, run_eval, stop_request, log, t_main: float, t_start: float) -> None:
     """The end of a run: the last evaluation, the final checkpoint (out_dir/final) and summary.json, which is
     written even without a held-out split or eval_data: it carries the run's identity."""
-    last_eval, last_bench = evaluate(cfg.steps)
+    last_eval, last_bench = run_eval(cfg.steps)
     path = state.save(cfg)
     if dist.is_main():
         checkpoint.mark_final(cfg.out_dir, path)

@@ -31,7 +31,7 @@ _POSITIVE = 1e-8  # official threshold: a priority at or below this gets no shar
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. priority of one prompt (§2)
+# (a) priority of one prompt (§2)
 
 
 def priority(G: float, k: float, *, min_samples: int = 4, mastered: float = 0.85, floor: float = 0.01,
@@ -69,7 +69,7 @@ def priority(G: float, k: float, *, min_samples: int = 4, mastered: float = 0.85
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 2. official allocation rule (§3)
+# (b) official allocation rule (§3)
 
 
 def _check_box(P: int, budget: int, n_min: int, n_max: int) -> None:
@@ -176,7 +176,7 @@ def allocate(sample_counts: Sequence[int], priorities: Sequence[float], budget: 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 3. exact box-constrained Neyman optimum (§1.1 Eq. 3, the paper's reading)
+# (c) exact box-constrained Neyman optimum (§1.1 Eq. 3, the paper's reading)
 
 
 def _largest_remainder(x: np.ndarray, budget: int, n_min: int, n_max: int) -> np.ndarray:
@@ -256,7 +256,8 @@ def water_level(weights: Sequence[float], budget: int, n_min: int, n_max: int) -
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 4. the one function the training loop calls
+# (d) rollouts per prompt from a snapshot (`rollout_counts`), and the loop's call (`step_counts`, further down,
+#     since it takes the PromptStats of (e))
 
 
 MODES = ("uniform", "dynamo", "oracle")
@@ -341,7 +342,7 @@ def rollout_counts(G: Sequence[int], rho: Sequence[float], budget: int, *, mode:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 5. per-prompt statistics: the only persistent allocator state (§2)
+# (e) per-prompt statistics: the only persistent allocator state (§2); the loop's call, step_counts
 
 
 def _key(prompt_id) -> int | str:
@@ -493,7 +494,7 @@ class PromptStats:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 6. telemetry (logged into the JSONL metrics each step)
+# (f) telemetry (logged into the JSONL metrics each step)
 
 PASS_RATE_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # right-closed last bin: [0.8, 1.0]
 

@@ -7,7 +7,7 @@ Where each one acts, in the order the loss applies them (train.py steps 4 and 7)
   selection    Fork Tokens        `fork_mask`: keep the top-rho entropy tokens
                Clip-Cov           `clip_cov_mask`: drop a random few tokens of high covariance
                KL-Cov             `kl_cov_mask`: penalise |log-ratio| on the top-covariance tokens
-  loss         grpo.policy_loss applies the masks, KL-Cov's penalty (no PPO clip) and Entropy Loss's bonus
+  loss         grpo.ppo_loss applies the masks, KL-Cov's penalty (no PPO clip) and Entropy Loss's bonus
                -beta H (H differentiable); Clip-Higher is loss.eps_high alone.
 Selection always works on detached quantities, over a unit chosen by `loss.select_scope`: each micro-batch
 (`micro`, the official code's unit), or the whole mini-batch from a no-grad pre-pass (`mini_batch`).

@@ -50,6 +50,10 @@ def read_config(argv: list[str], usage: str):
     if cfg.prompts_per_step % world:
         sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
                  f"{world} ranks (each rank gets the same share)")
+    per_rank = cfg.prompts_per_step // world * cfg.rollouts_per_prompt
+    if per_rank % cfg.mini_batches:  # each rank splits its own rollouts into the mini-batches
+        sys.exit(f"config error: mini_batches = {cfg.mini_batches} must divide each rank's rollouts, "
+                 f"prompts_per_step / {world} ranks * rollouts_per_prompt = {per_rank}")
     try:
         check_machine_and_paths(cfg)
     except ConfigError as e:

@@ -136,7 +136,7 @@ def entropy_change_corr(cfg, model, ro, old) -> float:
     """Pearson correlation, over valid tokens, of the predicted (Eq. 6) and the measured entropy change
     of this step's update: one extra forward pass, so only every k steps. `old` is the step's behaviour pass
     (dynamo.objective.Behaviour, every row passed), re-run here in the same micro-batches."""
-    old_logp, entropy, adv, mask, old_u = old.logp, old.entropy, old.adv, old.mask, old.expected_u
+    old_logp, entropy, adv, mask, old_u = old.logp, old.entropy, old.adv_tok, old.mask, old.expected_u
     new = torch.cat([response_token_stats(model, ro.input_ids[m], ro.attention_mask[m], ro.prompt_length,
                                           temperature=cfg.rollout.temperature, chunk=cfg.logprob_chunk)["entropy"]
                      for m in old.micro])  # (N, T)

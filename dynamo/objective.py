@@ -1,20 +1,21 @@
 """The loss side of a run, decided once from the config (steps 4, 5 and 7 of train.py; docs/ALGORITHM.md §4-§6).
 
-`Objective(cfg, model)` settles, when the run starts, everything the config fixes for the whole run: the
+`Objective(cfg, model, device)` settles, when the run starts, everything the config fixes for the whole run: the
 advantage (GRPO's group normalisation or W-REINFORCE's fixed weights), which rows go through the old-log-prob
 pass and the update (`skips_zero_advantage`), the row padding a sharded model needs, the token-selection unit
 and which baselines' switches are on (docs/COMPARISON.md). The loop then calls it without re-testing any of it:
 
-    adv = objective.advantages(correct, prompt_index)              # 4. (N,)
-    old = objective.behaviour(model, ro, adv, step)                # 5. old log-probs, entropies (no grad)
-    for mini in objective.mini_batches(model, old, step):          # 6-7. one optimiser step each
-        for micro in mini:
-            cur = objective.policy(model, ro, micro.rows)          #      current log-probs (with grad)
-            a_tok = modulate(...)                                  # 6. DynaMO's factors (dynamo/modulator.py)
+    adv = objective.advantages(correct, prompt_index)             # 4. (N,)
+    old = objective.behaviour(model, ro, adv, step)               # 5. old log-probs, entropies (no grad)
+    for mini in objective.mini_batches(model, ro, old, step=step, rank=rank, prompt_index=prompt_index):
+        for micro in mini:                                        # 6-7. one optimiser step per mini-batch
+            cur = objective.current_stats(model, ro, micro.rows)  #      current log-probs (with grad)
+            a_tok = modulate(...)                                 # 6. DynaMO's factors (dynamo/modulator.py)
             objective.loss(cur, a_tok, micro, old, tally).backward()   # 7.
 
-With every baseline switch off the loss is GRPO's PPO dual-clip loss (dynamo/grpo.py). A new loss switch is one
-config field, one function (in dynamo/baselines.py) and one branch in `Objective.loss` (docs/EXTENDING.md).
+With every baseline switch off the loss is GRPO's PPO dual-clip loss (dynamo/grpo.py:ppo_loss). A new loss switch
+is one config field, one function (dynamo/baselines.py) and one branch in `Objective.loss`, or, for a term or a
+mask inside the clipped loss itself, in `grpo.ppo_loss` (docs/EXTENDING.md).
 
 Shapes: N rollouts of this rank, T response tokens.
 """
@@ -30,6 +31,7 @@ from dynamo.baselines import (Selection, entropy_advantages, needs_every_row, se
                               w_reinforce_advantages)
 from dynamo.grpo import group_advantages, ppo_loss, token_weights
 from dynamo.logprobs import response_token_stats
+from dynamo.reward import rewards
 from dynamo.rollout import Rollouts, derive_seed
 
 
@@ -64,7 +66,7 @@ def rows_to_run(live: Tensor, sharded: bool) -> Tensor:
 class Behaviour:
     """Step 5's result: the behaviour policy on this rank's rows, and which rows the passes run on."""
     mask: Tensor  # (N, T) 1 on valid response tokens
-    adv: Tensor  # (N, T) each row's sequence advantage on every token
+    adv_tok: Tensor  # (N, T) each row's sequence advantage on every token
     logp: Tensor  # (N, T) old log-probs, 0 on rows not passed
     entropy: Tensor  # (N, T) full-vocabulary entropy, 0 on rows not passed
     expected_u: Tensor | None  # (N, T) E[u] for modulation.estimate: exact, else None
@@ -91,7 +93,7 @@ class Micro:
 @dataclasses.dataclass
 class UpdateTally:
     """What the update adds to the step's metrics (this rank): filled by `Objective.loss` and the optimiser
-    steps, read once by step_metrics.gather."""
+    steps, read once by step_metrics.step_sums."""
     n_run: int  # rows with a gradient: the clip and KL fractions are means over them
     loss: float = 0.0  # mean mini-batch loss (this rank's part)
     clip: float = 0.0  # PPO-clipped fraction, mean over the rows run
@@ -133,7 +135,7 @@ class Objective:
         """(N,): normalised within each prompt's rollouts, any group size; or W-REINFORCE's fixed weights."""
         if self.w_reinforce:
             return w_reinforce_advantages(correct, self.cfg.loss.w_reinforce_lambda)
-        return group_advantages(correct.float() * 2 - 1, prompt_index)  # rewards +-1
+        return group_advantages(rewards(correct), prompt_index)
 
     # ---------------------------------------------------------------- 5. the behaviour policy (no grad)
     @torch.no_grad()
@@ -164,9 +166,10 @@ class Objective:
                                     with_expected_u=self.need_u, entropy_grad=entropy_grad)
 
     # ---------------------------------------------------------------- 6-7. the update's rows
-    def mini_batches(self, model, ro: Rollouts, old: Behaviour, step: int, rank: int, prompt_index: Tensor):
+    def mini_batches(self, model, ro: Rollouts, old: Behaviour, *, step: int, rank: int, prompt_index: Tensor):
         """Yield each mini-batch as its list of `Micro`s, lazily: a mini-batch-scope selection needs the policy
-        as the previous optimiser step left it. The rows are shuffled by (rl_seed, step, rank)."""
+        as the previous optimiser step left it (hence `model`: a no-grad pre-pass). The rows are shuffled by
+        (rl_seed, step, rank); `prompt_index` (N,) groups rows by prompt for loss.aggregation: prompt_mean."""
         cfg, seed = self.cfg, self.rl_seed
         n = old.mask.shape[0]
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "minibatch", step, rank)))
@@ -196,16 +199,17 @@ class Objective:
                     o = response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], ro.prompt_length,
                                              temperature=self.cfg.rollout.temperature, chunk=self.cfg.logprob_chunk)
                     logp[s:s + len(r)], ent[s:s + len(r)] = o["logp"], o["entropy"]
-        return select_tokens(self.cfg.loss, logp, old.logp[rows], ent, old.adv[rows], old.mask[rows], generator)
+        return select_tokens(self.cfg.loss, logp, old.logp[rows], ent, old.adv_tok[rows], old.mask[rows], generator)
 
-    def policy(self, model, ro: Rollouts, rows: Tensor) -> dict:
+    def current_stats(self, model, ro: Rollouts, rows: Tensor) -> dict:
         """The current policy's log-probs and entropies on `rows` (with grad): response_token_stats."""
         return self._stats(model, ro, rows, entropy_grad=self.entropy_grad)
 
     # ---------------------------------------------------------------- 7. the loss (§6, docs/COMPARISON.md)
     def loss(self, cur: dict, a_tok: Tensor, micro: Micro, old: Behaviour, tally: UpdateTally) -> Tensor:
         """The micro-batch's loss: PPO dual clip on the (modulated) token advantages `a_tok`, with the
-        switched-on baselines; its denominator is in micro.weights. Adds the micro-batch's statistics to `tally`."""
+        switched-on baselines (Entropy Advantages shapes `a_tok` here first); its denominator is in micro.weights.
+        Adds the micro-batch's statistics to `tally` (the one side effect)."""
         lc, r = self.cfg.loss, micro.rows
         mask = old.mask[r]
         if self.shape:  # Entropy Advantages: A + min(alpha H, |A| / kappa)
@@ -214,7 +218,7 @@ class Objective:
             tally.psi += (psi * mask).sum().item()
         select = micro.select  # token selection (Fork Tokens, Clip-Cov, KL-Cov) from detached quantities
         if self.selects and select is None:
-            select = select_tokens(lc, cur["logp"].detach(), old.logp[r], cur["entropy"].detach(), old.adv[r],
+            select = select_tokens(lc, cur["logp"].detach(), old.logp[r], cur["entropy"].detach(), old.adv_tok[r],
                                    mask, micro.generator)
         loss, st = ppo_loss(cur["logp"], old.logp[r], a_tok, micro.weights, eps_low=lc.eps_low, eps_high=lc.eps_high,
                             dual_clip=lc.dual_clip, select=select, kl_coef=lc.kl_cov_coef, entropy=cur["entropy"],
@@ -231,8 +235,9 @@ class Objective:
 def baseline_stats(loss_cfg, s) -> dict:
     """The switched-on baselines' own quantities for the metrics row, from the step's reduced sums `s`
     (step_metrics.StepSums): the selected-token fraction (Fork Tokens kept, Clip-Cov dropped, KL-Cov penalised),
-    Entropy Advantages' mean psi, KL-Cov's mean |log-ratio| on the penalised tokens. Means over the updated rows'
-    valid tokens (every row is updated under these methods)."""
+    Entropy Advantages' mean psi, KL-Cov's mean |log-ratio| on the penalised tokens. Means over every valid token
+    of the step (rows skipped for advantage 0 count in the denominator: under the selection methods no row is
+    skipped; under Entropy Advantages a skipped row's psi is 0, since psi <= |A| / kappa)."""
     row = {}
     tokens = max(s.tokens, 1.0)
     if selects_tokens(loss_cfg):

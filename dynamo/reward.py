@@ -1,6 +1,7 @@
 """Reward: is each response's final answer equivalent to its own prompt's reference? (dynamo.verifier)
 
-Step 3 of train.py (`verify`; docs/ALGORITHM.md §4: rewards +1 / -1).
+Step 3 of train.py (`verify`: correct or not); `rewards` turns that into the reward, +1 / -1
+(docs/ALGORITHM.md §4), the one place it is formed.
 """
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ def score(responses: list[str], references: list[str], *, fallbacks: bool = Fals
 
 def verify(responses: list[str], references: list[str], extraction: str) -> tuple[torch.Tensor, dict[str, int]]:
     """Step 3 of train.py: (correct (N,) bool, the verifier's counters over these responses). `extraction` is
-    the config's reward.extraction ('boxed' | 'fallbacks')."""
+    the config's reward.extraction ('boxed' | 'fallbacks'). The reward is `rewards(correct)`."""
     before = stats()
     correct = torch.tensor(score(responses, references, fallbacks=extraction == "fallbacks"))  # (N,)
     after = stats()
     return correct, {key: after[key] - before[key] for key in COUNTERS}
+
+
+def rewards(correct: torch.Tensor) -> torch.Tensor:
+    """The training reward of each response: +1 correct, -1 wrong (the official run's). correct: (N,) bool."""
+    return correct.float() * 2 - 1

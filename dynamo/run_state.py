@@ -67,7 +67,7 @@ class RunState:
         checkpoint.set_rng_state(state["rng"][rank if len(state["rng"]) == world else 0])
         self.step, self.bad_steps, self.skipped = state["step"], state["bad_steps"], state["skipped"]
         self.first_eval, self.first_benchmarks = state["first_eval"], state.get("first_benchmarks")  # older: none
-        self.oracle = state["oracle"]
+        self.oracle = state.get("oracle")
         log(f"resumed from {path} at step {state['step']}")
         if state["world_size"] != world:  # each rank allocates within its own prompts (§3)
             log(f"note: the checkpoint was written by {state['world_size']} ranks and this run has {world}: "

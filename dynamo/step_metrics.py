@@ -17,6 +17,7 @@ import torch
 
 from dynamo import distributed as dist
 from dynamo.allocator import allocation_telemetry
+from dynamo.reward import rewards
 
 
 @dataclasses.dataclass
@@ -61,10 +62,10 @@ class StepGather:
     @classmethod
     def of(cls, problems, counts, prompt_stats, correct: torch.Tensor, prompt_index: torch.Tensor) -> StepGather:
         """This rank's lists, with the pass rates the allocation saw (before this step's update)."""
-        rewards = correct.float() * 2 - 1  # (N,) +-1
+        reward = rewards(correct)  # (N,) +-1
         return cls(counts=counts, pass_rates=[prompt_stats.pass_rate(p.prompt_id) for p in problems],
                    levels=[p.level for p in problems],
-                   group_rewards=[rewards[prompt_index == j].tolist() for j in range(len(problems))])
+                   group_rewards=[reward[prompt_index == j].tolist() for j in range(len(problems))])
 
     @staticmethod
     def telemetry(parts: list[StepGather]) -> dict:
@@ -73,7 +74,7 @@ class StepGather:
                                       for f in dataclasses.fields(StepGather)))
 
 
-def step_sums(ro, groups: int, correct: torch.Tensor, adv: torch.Tensor, old, tally, verifier: dict,
+def step_sums(ro, correct: torch.Tensor, adv: torch.Tensor, old, tally, *, groups: int, verifier: dict,
               times: dict) -> StepSums:
     """This rank's sums of one step, all gathered here: the rollouts `ro`, their verdicts `correct` (N,) and
     advantages `adv` (N,), the behaviour pass `old` and the update's `tally` (dynamo.objective), the verifier's
@@ -92,12 +93,12 @@ def step_sums(ro, groups: int, correct: torch.Tensor, adv: torch.Tensor, old, ta
 
 def write_samples(file, step: int, count: int, problems, counts, prompt_index, texts, correct, adv) -> None:
     """The step's first `count` rollouts of this rank to samples.jsonl, with their prompt, reward and advantage."""
-    seen = [0] * len(problems)  # rows of each prompt so far: a row's index within its prompt's group
+    seen, reward = [0] * len(problems), rewards(correct)  # seen: rows of each prompt so far (index in its group)
     for i in range(min(count, len(texts))):
         j = int(prompt_index[i])
         write_row(file, {"step": step, "prompt_id": problems[j].prompt_id, "level": problems[j].level,
                          "allocated": counts[j], "group": seen[j], "prompt": problems[j].prompt, "response": texts[i],
-                         "reference": problems[j].answer, "reward": correct[i].float().item() * 2 - 1,
+                         "reference": problems[j].answer, "reward": reward[i].item(),
                          "advantage": adv[i].item()})
         seen[j] += 1
 

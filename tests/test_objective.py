@@ -45,15 +45,15 @@ def test_every_switch_off_is_plain_grpo():
     assert objective.skip and old.live.tolist() == [True, True, True, False, False]
     assert old.passed.tolist() == [0, 1, 2] and not old.logp[3:].any()  # the second group's rows never ran
     tally, seen = UpdateTally(n_run=old.n_run), []
-    for mini in objective.mini_batches(model, ro, old, 1, 0, ro.prompt_index):
+    for mini in objective.mini_batches(model, ro, old, step=1, rank=0, prompt_index=ro.prompt_index):
         for micro in mini:
             assert micro.select is None
             r = micro.rows
-            cur = objective.policy(model, ro, r)
-            a_tok = modulate(cfg, cur, old.logp[r], old.adv[r], old.mask[r], {}, tally.factors)
-            assert torch.equal(a_tok, old.adv[r])  # both factors off
+            cur = objective.current_stats(model, ro, r)
+            a_tok = modulate(cfg, cur, old.logp[r], old.adv_tok[r], old.mask[r], {}, tally.factors)
+            assert torch.equal(a_tok, old.adv_tok[r])  # both factors off
             loss = objective.loss(cur, a_tok, micro, old, tally)
-            plain, _ = ppo_loss(cur["logp"], old.logp[r], old.adv[r], micro.weights, eps_low=0.2, eps_high=0.2,
+            plain, _ = ppo_loss(cur["logp"], old.logp[r], old.adv_tok[r], micro.weights, eps_low=0.2, eps_high=0.2,
                                 dual_clip=10.0)
             assert torch.equal(loss, plain)
             seen += r.tolist()
@@ -124,3 +124,14 @@ def test_train_py_stays_an_algorithm_box():
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef):
             assert node.end_lineno - node.lineno + 1 <= 90, node.name
+
+
+def test_mini_batches_must_divide_each_ranks_rollouts(monkeypatch):
+    """Each rank splits its own rollouts into the mini-batches: 2 prompts x 8 rollouts over 2 ranks is 8 per rank,
+    which 16 mini-batches cannot split (the whole step's 16 can)."""
+    from dynamo import launch
+    monkeypatch.setattr(launch.dist, "init", lambda: (0, 2))
+    args = ["prompts_per_step=2", "rollouts_per_prompt=8", "allocation=uniform"]
+    with pytest.raises(SystemExit, match="mini_batches = 16 must divide each rank's rollouts"):
+        launch.read_config([*args, "mini_batches=16"], "")
+    assert launch.read_config([*args, "mini_batches=8"], "").mini_batches == 8
