@@ -177,7 +177,10 @@ def main(argv: list[str]) -> None:
     # ---------------------------------------------------------------- model
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    model, tokenizer = load_pretrained(cfg.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype])
+    try:  # a checkpoint's files are checked against its manifest first; a damaged file is named
+        model, tokenizer = load_pretrained(cfg.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype])
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     model.to(device).eval()
     templates = {name: cfg.template if cfg.template != "auto" else "plain" if name == "arithmetic" else "boxed"
                  for name in benchmarks}

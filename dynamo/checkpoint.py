@@ -5,11 +5,15 @@ with AutoModelForCausalLM.from_pretrained; under FSDP2 the full weights are gath
 first), `optimizer/` (AdamW's state in torch.distributed.checkpoint format: each rank writes its own
 shard, so the full state never has to fit in one process) and `trainer_state.pt`: step, scheduler,
 every rank's RNG state, data-order position, the allocator's per-prompt statistics, counters and the
-resolved config. Everything is written under a temporary name that one rename makes final, so a crash
-(even SIGKILL) never leaves a directory that looks complete; `latest()` only ever sees finished
-checkpoints. `out_dir/final` points at the last checkpoint of a finished run. Under several ranks,
-`save` and `load_optimizer` are collective (every rank calls them) and out_dir must be one file
-system that all ranks see.
+resolved config. `manifest.json`, written after every other file, holds each file's size and SHA-256.
+Everything is written under a temporary name that one rename makes final, so a crash (even SIGKILL) never
+leaves a directory that looks complete; `latest()` only ever sees finished checkpoints. Nothing is loaded from
+a checkpoint before it is checked, and nothing read from one can run code (dynamo/trust.py): `resume=auto`
+falls back past a damaged checkpoint to the newest intact one. `out_dir/final` points at the last checkpoint
+of a finished run. Under several ranks, `save` and `load_optimizer` are collective (every rank calls them) and
+out_dir must be one file system that all ranks see.
+
+    python -m dynamo.checkpoint verify runs/default      # every checkpoint of a run (or one checkpoint)
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ import numpy as np
 import torch
 import yaml
 
-from dynamo import distributed as dist
+from dynamo import distributed as dist, trust
+from dynamo.trust import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
@@ -43,7 +48,10 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()}
+    """Every generator's state in types torch.load(weights_only=True) reads back (numpy's keys as a list)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.random.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -51,7 +59,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]  # keys: a list (or, in older checkpoints, an array)
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -80,6 +89,7 @@ def save(out_dir: str, step: int, model, tokenizer, optimizer, train_state: dict
         if os.environ.get("DYNAMO_SLOW_CHECKPOINT"):  # crash tests: widen the window to kill a half-written save
             time.sleep(float(os.environ["DYNAMO_SLOW_CHECKPOINT"]))
         torch.save(train_state, os.path.join(tmp, STATE_FILE))
+        trust.write_manifest(tmp)  # last: it vouches for every file above
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)  # the checkpoint exists, complete, from this instant on
@@ -111,7 +121,7 @@ def load_optimizer(path: str, model, optimizer) -> None:
         return  # saved before any optimiser step: AdamW starts fresh, as it did then
     state = get_optimizer_state_dict(model, optimizer)  # the layout to fill
     with _single_process_ok():
-        dcp.load(state, checkpoint_id=os.path.join(path, OPTIMIZER_DIR))
+        trust.safe_dcp_load(state, os.path.join(path, OPTIMIZER_DIR))  # data only, never plain pickle
     set_optimizer_state_dict(model, optimizer, state)
 
 
@@ -152,11 +162,46 @@ def latest(out_dir: str) -> str | None:
 
 
 def load_state(path: str) -> dict:
+    """trainer_state.pt, read as data only (tensors and plain containers; see dynamo/trust.py)."""
     file = os.path.join(path, STATE_FILE)
     if not os.path.exists(file):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
-    # Our own file: optimiser tensors plus plain Python containers (RNG states hold numpy arrays).
-    return torch.load(file, map_location="cpu", weights_only=False)
+    state = trust.safe_torch_load(file)
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{file}: not a trainer state (no step); copy the checkpoint again from its source")
+    return state
+
+
+def open_checkpoint(path: str) -> tuple[str, dict]:
+    """(what was checked, trainer state) of a checkpoint that passed its check; CheckpointError otherwise."""
+    checked = trust.verify(path)
+    state = load_state(path)
+    trust.check_optimizer_metadata(os.path.join(path, OPTIMIZER_DIR))
+    return checked, state
+
+
+def newest_intact(out_dir: str, log) -> tuple[str, dict] | tuple[None, None]:
+    """resume=auto: the newest checkpoint of out_dir that passes its check, and its trainer state. Each one that
+    fails is reported and skipped; none at all: (None, None); every one failing stops the run."""
+    steps = sorted(_complete(os.path.join(out_dir, "checkpoints")), reverse=True)
+    failed = []
+    for step in steps:
+        path = os.path.join(out_dir, "checkpoints", f"step-{step:06d}")
+        try:
+            checked, state = open_checkpoint(path)
+        except CheckpointError as e:
+            log(f"checkpoint {path} failed its check, skipped: {e}")
+            failed.append(step)
+            continue
+        log(f"checkpoint {path}: {checked}")
+        if failed:
+            log(f"resuming from step {step}, {steps[0] - step} steps before the newest checkpoint (step {steps[0]}), "
+                f"which failed its check: those steps run again")
+        return path, state
+    if failed:
+        raise CheckpointError(f"every checkpoint in {out_dir} failed its check (steps {', '.join(map(str, failed))}; "
+                              "see above): copy them again from their source, or start afresh with overwrite=true")
+    return None, None
 
 
 def previous_run(out_dir: str) -> list[str]:
@@ -191,11 +236,26 @@ def check_writable(out_dir: str) -> None:
         raise OSError(f"output directory {out_dir!r} (config key 'out_dir') is not writable: {e.strerror}") from None
 
 
-def claim_out_dir(cfg, log) -> str | None:
-    """The checkpoint to continue (or None), once sure that out_dir holds no other run's outputs."""
-    resume = latest(cfg.out_dir) if cfg.resume == "auto" else (cfg.resume or None)
-    if resume:
-        return resume
+def claim_out_dir(cfg, log) -> tuple[str | None, dict | None]:
+    """The checkpoint to continue and its trainer state, checked before anything is loaded from it, or (None,
+    None) to start fresh once sure that out_dir holds no other run's outputs. Rank 0 checks (and hashes); the
+    other ranks load the checkpoint it chose."""
+    if cfg.resume:
+        found = error = None
+        if dist.is_main():
+            try:
+                if cfg.resume == "auto":
+                    found = newest_intact(cfg.out_dir, log)[0]
+                else:  # named explicitly: a checkpoint that fails its check stops the run
+                    log(f"checkpoint {cfg.resume}: {open_checkpoint(cfg.resume)[0]}")
+                    found = cfg.resume
+            except (CheckpointError, OSError) as e:
+                error = str(e)
+        found, error = dist.broadcast_object((found, error))
+        if error:
+            raise CheckpointError(error)
+        if found:
+            return found, load_state(found)
     if cfg.resume == "auto":
         log(f"no checkpoint in {cfg.out_dir}: starting fresh")
     old = previous_run(cfg.out_dir)
@@ -208,11 +268,11 @@ def claim_out_dir(cfg, log) -> str | None:
         if cfg.resume == "auto" and os.path.exists(saved):
             with open(saved) as f:
                 if not config_changes(yaml.safe_load(f), dataclasses.asdict(cfg)):
-                    return None  # the same run, stopped before its first checkpoint: it starts again from scratch
+                    return None, None  # the same run, stopped before its first checkpoint: it starts again
         raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
                          "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
                          "overwrite=true")
-    return None
+    return None, None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -277,3 +337,38 @@ class StopRequest:
         self.restore()
         dist.shutdown()
         sys.exit(128 + signum)
+
+
+def verify_command(argv: list[str]) -> int:
+    """python -m dynamo.checkpoint verify DIR: check one checkpoint, or every checkpoint of a run directory,
+    without loading any of it; one line each. Exit status 1 if any fails its check."""
+    asked = bool({"-h", "--help"} & set(argv))
+    if asked or len(argv) != 2 or argv[0] != "verify":
+        print("usage: python -m dynamo.checkpoint verify DIR   (a checkpoint, or a run's out_dir: each of its "
+              "checkpoints)\nChecks every file against the checkpoint's manifest.json (SHA-256 and size), and that "
+              "its trainer state and optimizer metadata hold data only; loads nothing into a model. Exit status 1 "
+              "if any check fails.")
+        return 0 if asked else 2
+    target = argv[1]
+    root = os.path.join(target, "checkpoints")
+    if os.path.isdir(root):
+        paths = [os.path.join(root, name) for name in sorted(os.listdir(root)) if _STEP_DIR.match(name)]
+    elif os.path.isdir(target):
+        paths = [target]
+    else:
+        print(f"error: {target} is neither a checkpoint nor a run directory")
+        return 2
+    if not paths:
+        print(f"{target}: no checkpoints")
+    bad = 0
+    for path in paths:
+        try:
+            print(f"{path}: {open_checkpoint(path)[0]}; trainer state and optimizer metadata hold data only")
+        except (CheckpointError, OSError) as e:
+            bad += 1
+            print(f"{path}: FAILED: {e}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(verify_command(sys.argv[1:]))

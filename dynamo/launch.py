@@ -73,9 +73,8 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
     try:
         if dist.is_main():
             checkpoint.check_writable(cfg.out_dir)
-        resume = checkpoint.claim_out_dir(cfg, log)
+        resume, saved = checkpoint.claim_out_dir(cfg, log)  # checked before anything is loaded from it
         dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
-        saved = checkpoint.load_state(resume) if resume else None
         if saved:
             checkpoint.check_resumable(resume, saved, to_dict(cfg))
         if saved and saved["step"] == cfg.steps:  # its logs, summary and final weights stay as they are
@@ -86,7 +85,7 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
         benchmarks = read_benchmarks(cfg.eval_data)  # validation sets, {name: problems}
         torch.manual_seed(cfg.seed)
         if resume:  # the policy (and its tokenizer) come back from the checkpoint
-            model, tokenizer = load_pretrained(resume, dtype)
+            model, tokenizer = load_pretrained(resume, dtype, check=False)  # checked above
         elif cfg.model == "tiny":  # the embedded default: warmed up once on rank 0, cached, loaded by all
             if dist.is_main():
                 warm_up(cfg, torch.device("cpu"), log=log)
@@ -114,7 +113,10 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
         dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
     state = RunState.fresh(cfg, model, tokenizer, len(pool))
     if saved:
-        state.restore(resume, saved, log)
+        try:
+            state.restore(resume, saved, log)  # AdamW's state, read as data only
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     elif cfg.allocation == "oracle":
         state.oracle = measure_pass_rates(cfg, model, tokenizer, pool, data.pool_prompts)
     return state, data

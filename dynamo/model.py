@@ -13,6 +13,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
 
+from dynamo import trust
+
 hf_logging.disable_progress_bar()  # per-shard bars on every save/load would drown the step lines
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -55,8 +57,14 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path!r}")
     folder, name = os.path.split(os.path.abspath(path))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      local_files_only=True)
+    except Exception as e:  # gguf's reader raises many kinds of error on a cut-off or damaged file
+        raise trust.CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); it may be truncated or "
+                                    "damaged: download or convert it again") from None
     # transformers flags a model read from GGUF as quantised and refuses to save it: rebuild it plain.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -70,8 +78,12 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local Hugging Face directory or a .gguf file; never touches the network."""
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, *, check: bool = True):
+    """(model, tokenizer) from a local Hugging Face directory or a .gguf file; never touches the network.
+
+    The directory is checked first (dynamo/trust.py; `check=False` where the caller just did): a checkpoint's
+    policy files against its manifest, any other directory's JSON and safetensors files for damage. Weights are
+    read from safetensors only (a pickled pytorch_model.bin could run code) and no code from the directory runs."""
     if path.lower().endswith(".gguf"):
         return load_gguf(path, dtype)
     if not os.path.isdir(path):
@@ -79,8 +91,16 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
                                 "or a local Hugging Face model directory)")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"model directory {path!r} has no config.json: not a Hugging Face model")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    if check:
+        trust.verify(path, model_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                                     trust_remote_code=False)
+    except Exception as e:  # a damaged file the checks above could not see
+        raise trust.CheckpointError(f"{path}: the model cannot be loaded ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); copy it again from its "
+                                    "source") from None
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
 
