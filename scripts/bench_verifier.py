@@ -5,7 +5,8 @@
     python scripts/bench_verifier.py --samples runs/eval/x/samples.jsonl   # + boxed vs fallbacks on rollouts
 
 Recall: the hand-written cases of tests/verifier_cases.py, graded in evaluation mode (fallbacks) and in
-training mode (box only), counted per answer form. Timing: typical responses built from each benchmark's
+training mode (box only), counted per answer form (right = verdict as labelled; recall = "equal" cases judged
+equal; false positives = "not equal" cases judged equal). Timing: typical responses built from each benchmark's
 gold answers: a worked-looking response ending in the gold (most rollouts), a wrong answer, and the gold in
 another form that needs the symbolic stage; start-up excluded. Goal: median < 1 ms and p99 < 50 ms per pair.
 `--samples` grades eval.py's samples.jsonl both ways and counts the responses where the two disagree.
@@ -53,17 +54,18 @@ def recall_table() -> None:
     pairs = [(c.response, c.gold) for c in CASES]
     evaluation, training = verify_batch(pairs, workers=2, fallbacks=True), verify_batch(pairs, workers=2)
     print("recall by answer form (tests/verifier_cases.py; evaluation mode = fallbacks, training = box only)\n")
-    print("| form | n (equal / not equal) | right | false positives | right, training mode |")
-    print("|---|---|---|---|---|")
+    print("| form | n (equal / not equal) | right | recall | false positives | right, training mode |")
+    print("|---|---|---|---|---|---|")
     rows = [[c for c in CASES if c.category == cat] for cat in CATEGORIES] + [CASES]
     for name, cases in zip(CATEGORIES + ["total"], rows):
         idx = [CASES.index(c) for c in cases]
         n_eq = sum(c.equal for c in cases)
         right = sum(evaluation[i] == CASES[i].equal for i in idx)
+        found = sum(evaluation[i] and CASES[i].equal for i in idx)  # recall: "equal" cases judged equal
         fp = sum(evaluation[i] and not CASES[i].equal for i in idx)
         right_train = sum(training[i] == CASES[i].equal for i in idx)
-        print(f"| {name} | {len(cases)} ({n_eq} / {len(cases) - n_eq}) | {right} | {fp} / {len(cases) - n_eq} "
-              f"| {right_train} |")
+        print(f"| {name} | {len(cases)} ({n_eq} / {len(cases) - n_eq}) | {right} | {found} / {n_eq} "
+              f"| {fp} / {len(cases) - n_eq} | {right_train} |")
     print()
 
 

@@ -182,6 +182,14 @@ EQUAL = [
     ("2516_8", "2516_8"),
     ("2516", "2516_8"),
     ("4210_5", "4210_{5}"),
+    # a decimal against an exact value SymPy computes (a power, a product): the plain-number rules apply
+    ("0.5", "2^{-1}"),
+    ("0.125", "\\frac{1}{2^3}"),
+    ("0.333333", "3^{-1}"),
+    ("2^{-1}", "0.50"),
+    # subscripts: x_{1} and x_1 are one name; v_0 is a name, not a numeral in base 0
+    ("x_{1}+x_{2}", "x_2+x_1"),
+    ("v_{0}t", "tv_0"),
 ]
 
 NOT_EQUAL = [
@@ -271,6 +279,13 @@ NOT_EQUAL = [
     ("x", "5"),
     ("\\text{no solution}", "5"),
     ("", "5"),
+    ("0.33", "3^{-1}"),  # too few digits for a non-terminating value, however the value is written
+    ("0.5", "2^{-2}"),
+    ("0.5000001", "2^{-1}"),  # a terminating value compares exactly
+    ("x_{1}", "x_{2}"),
+    ("v_1t", "tv_0"),
+    ("\\{1,2\\}", "(1,2)"),  # a set in braces is no tuple (nor an open interval)
+    ("\\{\\{1\\}\\}", "\\{1\\}"),  # a set inside a set stays one element
 ]
 
 
@@ -303,6 +318,15 @@ EXTRACT = [
     ("no answer here", None),
     ("", None),
     ("\\boxedfoo{3}", None),
+    # \boxed without braces boxes one token; where more could follow it TeX and the writer disagree: no answer
+    ("so $\\boxed7$.", "7"),
+    ("\\boxed7.", "7"),
+    ("\\(\\boxed7\\)", "7"),
+    ("\\boxed\\pi", "\\pi"),
+    ("\\boxed72", None),
+    ("\\boxed7.5", None),
+    ("\\boxed-7", None),
+    ("\\boxed\\frac12", None),
 ]
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from dynamo.verifier import extract_answer, reference_answer, verify, verify_batch
 from dynamo.verifier.extract import math_spans
-from dynamo.verifier.normalize import canonical_unit, normalize, normalize_with_unit
+from dynamo.verifier.normalize import (canonical_unit, group_answers, is_prose, normalize, normalize_pair,
+                                      normalize_with_unit)
 from tests.verifier_cases import CASES
 
 
@@ -135,6 +136,52 @@ def test_normalize_forms(text, expected):
     assert normalize(text) == expected
 
 
+# A decimal comma is read only against a point decimal on the other side, and never in a thousands grouping.
+DECIMAL_COMMAS = [
+    ("comma-vs-point", "1000,99", "1000.99", "1000.99", "1000.99"),
+    ("gold-comma", "0.111", "0,111", "0.111", "0.111"),
+    ("tex-brace-comma", "0{,}111", "0.111", "0.111", "0.111"),
+    ("thousands-stays-thousands", "1,000", "1.000", "1000", "1.000"),
+    ("gold-thousands-stays-thousands", "1.234", "1,234", "1.234", "1234"),
+    ("list-against-integer", "1,5", "15", "1,5", "15"),
+    ("spaced-list-against-decimal", "1, 5", "1.5", "1,5", "1.5"),
+    ("lone-zero-is-no-thousands-group", "0,111", "111", "0,111", "111"),
+    ("tuple", "(1,5)", "1.5", "(1,5)", "1.5"),
+    ("same-value-only", "1,50", "1.5", "1.50", "1.5"),
+    ("no-rounding-to-the-gold", "1.26", "1,3", "1.26", "1,3"),
+]
+
+
+@pytest.mark.parametrize("answer,ref,norm_answer,norm_ref", [c[1:] for c in DECIMAL_COMMAS],
+                         ids=[c[0] for c in DECIMAL_COMMAS])
+def test_decimal_commas(answer, ref, norm_answer, norm_ref):
+    (a, _), (b, _) = normalize_pair(answer, ref)
+    assert (a, b) == (norm_answer, norm_ref)
+
+
+# Semicolons separate whole answers; groups of assignments become tuples (in the reference's name order).
+GROUPS = [
+    ("semicolon-list", "(5,2);(7,2)", "(5,2),(7,2)", ("(5,2),(7,2)", "(5,2),(7,2)")),
+    ("assignment-groups", "p=5,q=2;p=7,q=2", "(5,2),(7,2)", ("(5,2),(7,2)", "(5,2),(7,2)")),
+    ("reference-name-order", "q=2,p=5;q=2,p=7", "p=5,q=2;p=7,q=2", ("(5,2),(7,2)", "(5,2),(7,2)")),
+    ("one-unknown", "x=1;x=-2", "-2,1", ("1,-2", "-2,1")),
+    ("other-names-per-group", "x=1;y=2", "(1,2)", ("x=1,y=2", "(1,2)")),
+    ("name-twice-in-group", "p=1,p=2;p=3,p=4", "1", ("p=1,p=2,p=3,p=4", "1")),
+    ("no-semicolon", "p=5,q=2", "(5,2)", ("p=5,q=2", "(5,2)")),
+]
+
+
+@pytest.mark.parametrize("resp,ref,expected", [c[1:] for c in GROUPS], ids=[c[0] for c in GROUPS])
+def test_group_answers(resp, ref, expected):
+    assert group_answers(resp, ref) == expected
+
+
+def test_matrices_are_not_prose():
+    matrix = "\\begin{pmatrix}1&2\\end{pmatrix}"
+    assert not is_prose(matrix + "+" + matrix + "+" + matrix)
+    assert is_prose("\\text{the sum of the three given matrices}")
+
+
 UNITS = [
     ("text", "5\\text{ cm}", ("5", "cm")),
     ("bare", "5 cm", ("5", "cm")),
@@ -162,6 +209,72 @@ def test_units(text, expected):
                                  ("\\ hours", "hr"), ("cm^{2}", "sq cm")])
 def test_unit_spellings(a, b):
     assert canonical_unit(a) == canonical_unit(b)
+
+
+# ---------------------------------------------------------------------------
+# The symbolic stage's readings of the harder forms (in-process: this imports SymPy)
+
+
+def _intervals(answer: str):
+    from dynamo.verifier.equivalence import _real_set, parse_answer
+
+    name, pieces = _real_set(parse_answer(answer))
+    return name, [(str(lo), str(hi), lo_closed, hi_closed) for lo, hi, lo_closed, hi_closed, _, _ in pieces]
+
+
+ABS_SETS = [
+    ("chain", "1\\le|z|\\le3/2", ("z", [("-3/2", "-1", True, True), ("1", "3/2", True, True)])),
+    ("lt", "|x-1|<2", ("x", [("-1", "3", False, False)])),
+    ("gt", "|x|>2", ("x", [("-oo", "-2", False, False), ("2", "oo", False, False)])),
+    ("ge-scaled", "|2x-3|\\ge1", ("x", [("-oo", "1", False, True), ("2", "oo", True, False)])),
+    ("two-terms", "|x|+|x-2|\\le4", ("x", [("-1", "3", True, True)])),
+    ("ne", "|x|\\ne3", ("x", [("-oo", "-3", False, False), ("-3", "3", False, False), ("3", "oo", False, False)])),
+    ("all-reals", "|x|\\ge0", ("x", [("-oo", "oo", False, False)])),
+    ("no-reals", "|x|<-1", ("x", [])),
+    ("lower-end-below-zero", "-1<|x|<2", ("x", [("-2", "2", False, False)])),
+]
+
+
+@pytest.mark.parametrize("answer,expected", [c[1:] for c in ABS_SETS], ids=[c[0] for c in ABS_SETS])
+def test_abs_relation_sets(answer, expected):
+    assert _intervals(answer) == expected
+
+
+@pytest.mark.parametrize("answer", ["x^2<4", "|x|+|y|<1", "|x^2-1|<3", "||x|-1|<1", "|x|<y"])
+def test_abs_relations_outside_the_solved_form(answer):
+    from dynamo.verifier.equivalence import parse_answer
+
+    assert parse_answer(answer)[3] is None  # a relation, but not read as a set of reals
+
+
+MATRIX_EXPRESSIONS = [
+    ("sum", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}+\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", [[2, 2], [3, 5]]),
+    ("product", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}\\begin{pmatrix}0&1\\\\1&0\\end{pmatrix}", [[2, 1], [4, 3]]),
+    ("combination", "2\\begin{pmatrix}1\\\\0\\end{pmatrix}-\\frac{1}{2}\\cdot\\begin{pmatrix}0\\\\2\\end{pmatrix}", [[2], [-1]]),
+]
+
+
+@pytest.mark.parametrize("answer,entries", [c[1:] for c in MATRIX_EXPRESSIONS], ids=[c[0] for c in MATRIX_EXPRESSIONS])
+def test_matrix_expressions_evaluate(answer, entries):
+    from dynamo.verifier.equivalence import parse_answer
+
+    kind, rows = parse_answer(answer)
+    assert kind == "matrix" and [[cell[1] for cell in row] for row in rows] == entries
+
+
+@pytest.mark.parametrize("answer", [
+    "\\begin{pmatrix}1&2\\end{pmatrix}+\\begin{pmatrix}1\\\\2\\end{pmatrix}",  # shapes do not add
+    "\\begin{pmatrix}1\\\\2\\end{pmatrix}\\begin{pmatrix}1\\\\2\\end{pmatrix}",  # shapes do not multiply
+    "\\begin{pmatrix}1\\end{pmatrix}+1",  # a scalar added to a matrix
+    "\\begin{pmatrix}1\\end{pmatrix}+2+3\\begin{pmatrix}1\\end{pmatrix}",  # a sum is no coefficient
+    "\\begin{pmatrix}1\\end{pmatrix}^{2}",  # powers are not evaluated
+    "\\begin{pmatrix}1\\end{pmatrix}" * 4,  # more matrices in one product than MAX_FACTORS
+])
+def test_matrix_expressions_rejected(answer):
+    from dynamo.verifier.equivalence import ParseError, parse_answer
+
+    with pytest.raises(ParseError):
+        parse_answer(answer)
 
 
 # ---------------------------------------------------------------------------

@@ -134,6 +134,24 @@ ADVERSARIAL_FORMS = [
     "Therefore " + "1 " * 50000 + ".",
     "<|im_start|>" * 10000,
     "$2 and then " * 20000,
+    # Matrix expressions, unions of sets, decimal commas, |.| relations, ;-groups, ratios, a brace-less box
+    "\\boxed{" + "+".join(["\\begin{pmatrix}1\\end{pmatrix}"] * 300) + "}",
+    "\\boxed{" + "\\begin{pmatrix}" + "\\\\".join(["1"] * 64) + "\\end{pmatrix}\\begin{pmatrix}" + "&".join(["1"] * 64)
+    + "\\end{pmatrix}}",  # a 64 x 64 outer product: over the entry bound before it is formed
+    "\\boxed{" + "\\begin{pmatrix}a+b&c\\\\d&e^{f}\\end{pmatrix}" * 3 + "}",
+    "\\boxed{" + "\\begin{pmatrix}" * 60 + "}",
+    "\\boxed{" + "\\cup".join(["\\{%d\\}" % k for k in range(60)]) + "}",
+    "\\boxed{" + "\\{" * 35 + "1" + "\\}" * 35 + "\\cup\\{2\\}}",
+    "\\boxed{1," + "9" * 100000 + "}",
+    "\\boxed{0{,}" + "1" * 900 + "}",
+    "\\boxed{" + "|x-1|+" * 100 + "1<5}",
+    "\\boxed{" + "|" * 200 + "x" + "|" * 200 + "<1}",
+    "\\boxed{1<|x|<10^{10^{10}}}",
+    "\\boxed{" + "; ".join(["p=%d,q=2" % k for k in range(150)]) + "}",
+    "\\boxed{" + ";" * 5000 + "}",
+    "\\boxed{" + ":".join(["x^{99}"] * 100) + "}",
+    "\\boxed" + "7" * 100000,
+    "\\boxed{|AB|" + "=1" * 3000 + "}",
 ]
 
 
@@ -159,6 +177,24 @@ def test_non_string_inputs_never_raise():
     assert verify(None, "5") is False
     assert verify(5, "5") is False
     assert verify_batch("not a list of pairs") == [False] * len("not a list of pairs")
+
+
+def test_no_model_text_reaches_eval():
+    """No verifier module calls eval, exec, compile, __import__, sympify, parse_expr, parse_latex or sympy.S(...):
+    the project builds its SymPy objects itself (latex.py), so model text is never code."""
+    import ast
+
+    forbidden = {"eval", "exec", "__import__", "sympify", "parse_expr", "parse_latex", "S"}  # as f(...) or x.f(...)
+    folder = os.path.join(REPO, "dynamo", "verifier")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                tree = ast.parse(f.read())
+            calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+            called = {c.attr for c in calls if isinstance(c, ast.Attribute)}
+            called |= {c.id for c in calls if isinstance(c, ast.Name)}
+            bare = {c.id for c in calls if isinstance(c, ast.Name)}
+            assert not called & forbidden and "compile" not in bare, (name, called & forbidden)  # re.compile is fine
 
 
 def test_fast_path_needs_no_process():

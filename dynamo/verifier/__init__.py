@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from dynamo.verifier import pool as _pool
 from dynamo.verifier.extract import anchored_answer, extract_answer, final_boxed, reference_answer
-from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, is_prose, normalize_with_unit
+from dynamo.verifier.normalize import MAX_ANSWER_CHARS, align_sides, fast_compare, group_answers, is_prose, normalize_pair
 
 __all__ = ["verify", "verify_batch", "extract_answer", "reference_answer", "VerifierStats", "stats", "reset_stats", "shutdown"]
 
@@ -87,11 +87,11 @@ def _prepare(response: str, reference, fallbacks: bool):
     if len(answer) > MAX_ANSWER_CHARS or len(ref) > MAX_ANSWER_CHARS:
         _count(rejected=1)
         return False
-    (a, unit_a), (b, unit_b) = normalize_with_unit(answer), normalize_with_unit(ref)
+    (a, unit_a), (b, unit_b) = normalize_pair(answer, ref)
     if unit_a and unit_b and unit_a != unit_b:  # 5 cm is not 5 m; a unit on one side only is presentation
         _count(fast_path=1)
         return False
-    a, b = align_sides(a, b)
+    a, b = align_sides(*group_answers(a, b))
     if not a or not b:
         _count(parse_failures=1)
         return False

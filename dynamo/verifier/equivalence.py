@@ -18,10 +18,13 @@ from sympy.core.evalf import PrecisionExhausted
 from sympy.core.function import AppliedUndef
 
 from dynamo.verifier.latex import ParseError, check_bounds, to_sympy
-from dynamo.verifier.normalize import (HIGH_PRECISION_DIGITS, match_unordered, numbers_equal, parse_number,
+from dynamo.verifier.normalize import (HIGH_PRECISION_DIGITS, Num, match_unordered, numbers_equal, parse_number,
                                       split_top, terminates)
 
 MAX_ITEMS = 64  # elements in a list / tuple / matrix
+MAX_MATRICES = 8  # matrices in one matrix expression (A + B, 2AB - C)
+MAX_FACTORS = 3  # matrices in one product: symbolic entries grow with every factor
+MAX_ABS = 4  # |.| terms in one inequality solved piecewise
 N_POINTS = 6  # random points for expressions in variables
 EXACT_DIGITS = 50  # working precision when a decimal is involved (exact pairs are compared exactly)
 REL_TOL_DECIMAL_TERMINATING = sympy.Float("1e-25")  # 0.25 vs 2^{-2}: exact up to the Float's digits
@@ -30,6 +33,8 @@ REL_TOL_DECIMAL_REFERENCE = 1e-4  # an expression reference containing decimals 
 _REL_OPS = {"\\le": "<=", "\\ge": ">=", "\\ne": "!=", "\\lt": "<", "\\gt": ">", "<": "<", ">": ">", "=": "="}
 _REL_RE = re.compile(r"\\(?:le|ge|ne|lt|gt)(?![A-Za-z])|[<>=]")
 _MATRIX_RE = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix)\}(.*)\\end\{\1\}", re.S)
+_MATRIX_BEGIN_RE = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix)\}")
+_PRODUCT_OPS = ("", "\\cdot", "\\times")  # between two matrices of one product
 _TINY = 1e-12
 
 
@@ -68,9 +73,10 @@ def _expand_pm(s: str) -> list[str]:
 
 
 def parse_answer(s: str):
-    """Structure of an answer: ('set', items) | ('seq', open, close, items) | ('union', parts) |
-    ('matrix', rows) | ('rel', op, lhs - rhs, interval) | ('chain', interval) | ('and', items) |
-    ('expr', sympy, text). `interval` is the relation as a set of reals (see _real_set) or None."""
+    """Structure of an answer: ('set', items) | ('set', items, 'braces') | ('seq', open, close, items) |
+    ('union', parts) | ('ratio', items) | ('matrix', rows) | ('rel', op, lhs - rhs, interval) |
+    ('chain', interval) | ('and', items) | ('expr', sympy, text). `interval` is the relation as a set of
+    reals (see _real_set) or None."""
     check_bounds(s)
     parts = split_top(s)
     if len(parts) > MAX_ITEMS:
@@ -89,8 +95,8 @@ def parse_answer(s: str):
 
 def _flatten(items: list) -> list:
     out = []
-    for it in items:  # \pm inside a list contributes both values to it
-        out += it[1] if it[0] == "set" else [it]
+    for it in items:  # \pm inside a list contributes both values to it; a set in braces stays one element
+        out += it[1] if it[0] == "set" and not _braced(it) else [it]
     return out
 
 
@@ -103,7 +109,8 @@ def _item(s: str):
         builder = re.fullmatch(r"([A-Za-z])(?:\\mid|\||:)(.+)", inner)
         if builder and re.search(r"\\(?:le|ge|ne)(?![A-Za-z])|[<>]", builder.group(2)):
             return _item(builder.group(2))  # \{x \mid x < 3\} is the set x < 3 describes
-        return ("set", _flatten([_item(p) for p in split_top(inner)]) if inner else [])
+        items = _flatten([_item(p) for p in _split_items(inner)]) if inner else []
+        return ("set", items, "braces")  # {{1}} is not {1}
     member = split_top(s, "\\in")
     if len(member) == 2 and re.fullmatch(r"[A-Za-z]", member[0]):  # x \in [-2,7] is the set [-2,7]
         return _item(member[1])
@@ -111,9 +118,12 @@ def _item(s: str):
     if len(union) > MAX_ITEMS:
         raise ParseError("too many union pieces")
     if len(union) > 1:
-        return ("union", [_item(p) for p in union])
+        return _union([_item(p) for p in union])
     if s[0] in "([" and _matching(s, 0) == len(s) - 1 and _MATRIX_RE.fullmatch(s[1:-1].strip()):
         return _item(s[1:-1].strip())  # (\begin{pmatrix}...\end{pmatrix}): the brackets add nothing
+    spans = _matrix_spans(s)
+    if len(spans) > 1 or spans and spans[0] != (0, len(s)):
+        return _matrix_expression(s, spans)  # A + B, 2AB: evaluated to the matrix it denotes
     m = _MATRIX_RE.fullmatch(s)
     if m:
         rows = [split_top(r, "&") for r in split_top(m.group(2), "\\\\") if r.strip()]
@@ -139,7 +149,128 @@ def _item(s: str):
         return ("chain", _chain_interval(sides, ops))
     if ops:
         raise ParseError("chained relation")
+    terms = split_top(s, ":")
+    if len(terms) > 1:  # a ratio 11:21 compares term by term (2:4 is not written for 1:2)
+        if len(terms) > MAX_ITEMS:
+            raise ParseError("too many items")
+        return ("ratio", [_item(t) for t in terms])
     return ("expr", to_sympy(s), s)
+
+
+def _split_items(s: str) -> list[str]:
+    """Elements of a set literal: commas, or semicolons between elements that hold commas (\\{(1,2); (3,4)\\})."""
+    parts = [p for group in split_top(s, ";") for p in split_top(group)]
+    if len(parts) > MAX_ITEMS:
+        raise ParseError("too many items")
+    return parts
+
+
+def _union(parts: list):
+    """A union of finite sets is the finite set of their elements ({1} \\cup {2} is {1, 2}); a union with an
+    interval in it stays a union of sets of reals."""
+    if not all(_braced(p) for p in parts):
+        return ("union", parts)
+    out, seen = [], set()
+    for item in (x for p in parts for x in p[1]):
+        key = _structure(item)
+        if key is None or key not in seen:  # {1,2} \cup {2,3} is {1,2,3}: an element written twice is one
+            out.append(item)
+        seen.add(key)
+    return ("set", out, "braces")
+
+
+def _braced(x) -> bool:
+    """A set written with braces, \\{1, 2\\} (not a bare list 1, 2 or the values of 1 \\pm 2)."""
+    return x[0] == "set" and x[2:] == ("braces",)
+
+
+def _structure(item):
+    """A hashable form of a number or a tuple of numbers, for spotting an element written twice; else None."""
+    if item[0] == "expr":
+        return item[1]
+    if item[0] == "seq":
+        keys = tuple(_structure(x) for x in item[3])
+        return None if None in keys else (item[1], item[2], keys)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Matrix expressions: sums of products of matrices with scalar coefficients, evaluated (A + B against its sum)
+
+
+def _matrix_spans(s: str) -> list[tuple[int, int]]:
+    """(start, end) of each matrix environment in s, with a bracket pair right around one counted in it."""
+    spans, i = [], 0
+    while True:
+        m = _MATRIX_BEGIN_RE.search(s, i)
+        if not m:
+            return spans
+        close = "\\end{" + m.group(1) + "}"
+        j = s.find(close, m.end())
+        if j < 0 or _MATRIX_BEGIN_RE.search(s, m.end(), j):
+            raise ParseError("unclosed or nested matrix")
+        start, end = m.start(), j + len(close)
+        if start > 0 and end < len(s) and s[start - 1] + s[end] in ("()", "[]"):
+            start, end = start - 1, end + 1  # [\begin{matrix}...\end{matrix}] from \left[ array \right]
+        spans.append((start, end))
+        if len(spans) > MAX_MATRICES:
+            raise ParseError("too many matrices")
+        i = end
+
+
+def _matrix_expression(s: str, spans: list[tuple[int, int]]):
+    """c1 M M' + c2 M'' - ... -> ('matrix', rows). Between two matrices of a product only nothing, \\cdot or
+    \\times; a new term starts with + or - and an optional scalar coefficient. Shapes must agree."""
+    if s[spans[-1][1] :].strip():
+        raise ParseError("text after the last matrix")
+    terms = []  # [coefficient, [matrices]] per term
+    for k, (start, end) in enumerate(spans):
+        gap = s[spans[k - 1][1] if k else 0 : start].strip()
+        if k and gap in _PRODUCT_OPS:
+            terms[-1][1].append(_matrix_value(s[start:end]))
+            if len(terms[-1][1]) > MAX_FACTORS:
+                raise ParseError("too many matrices in a product")
+        else:
+            terms.append([_coefficient(gap, first=k == 0), [_matrix_value(s[start:end])]])
+    total = None
+    for coefficient, factors in terms:
+        value = coefficient * _product(factors)
+        if total is not None and total.shape != value.shape:
+            raise ParseError("sum of matrices of different shapes")
+        total = value if total is None else total + value
+    return ("matrix", [[("expr", total[r, c], "") for c in range(total.shape[1])] for r in range(total.shape[0])])
+
+
+def _coefficient(gap: str, first: bool):
+    """The scalar before a term's first matrix: `-`, `+2`, `\\frac12 \\cdot`; the first term needs no sign."""
+    sign = 1
+    if gap[:1] in ("+", "-"):
+        sign, gap = (-1 if gap[0] == "-" else 1), gap[1:].strip()
+    elif not first:
+        raise ParseError("no operator between two matrices")
+    for op in _PRODUCT_OPS[1:]:
+        gap = gap[: -len(op)].strip() if gap.endswith(op) else gap
+    if not gap:
+        return sympy.Integer(sign)
+    if len(split_top(gap, "+")) > 1 or len(split_top(gap, "-")) > 1:
+        raise ParseError("a sum is no coefficient")  # A + 2 + 3B adds a scalar to a matrix
+    return sign * to_sympy(gap)
+
+
+def _matrix_value(text: str):
+    item = _item(text)
+    if item[0] != "matrix" or any(cell[0] != "expr" for row in item[1] for cell in row):
+        raise ParseError("matrix entries must be scalars")
+    return sympy.Matrix([[cell[1] for cell in row] for row in item[1]])
+
+
+def _product(factors: list):
+    out = factors[0]
+    for f in factors[1:]:
+        if out.shape[1] != f.shape[0] or out.shape[0] * f.shape[1] > MAX_ITEMS:
+            raise ParseError("matrix shapes do not multiply")
+        out = out * f
+    return out
 
 
 def split_relations(s: str) -> tuple[list[str], list[str]]:
@@ -197,7 +328,7 @@ def _relation_interval(op: str, lhs, rhs, sides: list[str]):
     """lhs op rhs (op one of < <= != =) as a set of reals, or None when it is not one (two variables)."""
     lin = _linear(lhs - rhs)
     if lin is None:
-        return None
+        return _abs_relation_set(lhs - rhs, op)  # |x - 1| < 2; None when that is no one-variable |.| form
     name, a, b = lin
     c = -b / a
     text = sides[1].strip() if lhs.is_Symbol or isinstance(lhs, AppliedUndef) else (
@@ -221,9 +352,11 @@ def _chain_interval(sides: list[str], ops: list[str]):
     else:
         raise ParseError("chained relation")
     lo, mid, hi = to_sympy(lo_text), to_sympy(sides[1]), to_sympy(hi_text)
-    lin = _linear(mid)
-    if lin is None or lo.free_symbols or hi.free_symbols:
+    if lo.free_symbols or hi.free_symbols:
         raise ParseError("chained relation")
+    lin = _linear(mid)
+    if lin is None:
+        return _abs_chain(lo, mid, hi, lo_closed, hi_closed)  # 1 \le |z| \le 3/2
     name, a, b = lin
     lo, hi = (lo - b) / a, (hi - b) / a
     if _value(a)[0] < 0:  # -2 < -x < 3 is -3 < x < 2
@@ -233,6 +366,128 @@ def _chain_interval(sides: list[str], ops: list[str]):
     if not _less(lo, hi):
         raise ParseError("empty interval")
     return name, [(lo, hi, lo_closed, hi_closed, lo_text.strip(), hi_text.strip())]
+
+
+def _abs_chain(lo, mid, hi, lo_closed: bool, hi_closed: bool):
+    """lo < mid < hi with |.| in mid: the intersection of the two one-sided relations' sets."""
+    left = _abs_relation_set(lo - mid, "<=" if lo_closed else "<")
+    right = _abs_relation_set(mid - hi, "<=" if hi_closed else "<")
+    if left is None or right is None:
+        raise ParseError("chained relation")
+    pieces = [iv for a in left[1] for b in right[1] for iv in [_intersect(a, b)] if iv is not None]
+    if not pieces:
+        raise ParseError("empty set")
+    return left[0], pieces
+
+
+def _abs_relation_set(d, op: str):
+    """{v : d(v) op 0} (op one of < <= = !=) when d is linear in one variable v but for |linear| terms.
+    Between the zeros of the |.| arguments every |u| is u or -u, so d is linear there and each stretch is
+    solved exactly; the zeros themselves are checked one by one, and touching pieces are joined:
+    1 <= |z| is (-oo, -1] and [1, oo). None when d is not of that form (x^2 < 4, |x| + y < 1, |x^2-1| < 3)."""
+    if not d.has(sympy.Abs) or d.atoms(AppliedUndef) or len(d.free_symbols) != 1:
+        return None
+    v = next(iter(d.free_symbols))
+    absolutes = list(d.atoms(sympy.Abs))
+    if len(absolutes) > MAX_ABS:
+        return None
+    cuts = []
+    for u in absolutes:
+        lin = _affine(u.args[0], v)
+        if lin is None or _zero_constant(lin[0]) is not False:
+            return None  # nested |.| or a non-linear argument
+        cuts.append(-lin[1] / lin[0])
+    if any(_key(c) is None for c in cuts):
+        return None
+    cuts = sorted({_key(c): c for c in cuts}.values(), key=_key)  # a zero shared by two terms counts once
+    pieces = []
+    bounds = [-sympy.oo] + cuts + [sympy.oo]
+    for lo, hi in zip(bounds, bounds[1:]):
+        t = _inside(lo, hi)
+        at_t = [_key(u.args[0].xreplace({v: t})) for u in absolutes]
+        if None in at_t:
+            return None
+        lin = _affine(d.xreplace({u: u.args[0] if k > 0 else -u.args[0] for u, k in zip(absolutes, at_t)}), v)
+        if lin is None:
+            return None
+        pieces += _linear_pieces(lin[0], lin[1], op, lo, hi)
+    for c in cuts:
+        holds = _holds(d.xreplace({v: c}), op)
+        if holds is None:
+            return None
+        pieces += [(c, c, True, True, "", "")] if holds else []
+    return str(v), _joined(pieces)
+
+
+def _affine(e, v):
+    """(a, b) with e = a*v + b for real constants a, b (a may be 0); None otherwise."""
+    t = sympy.Dummy("t")
+    et = e.xreplace({v: t})
+    try:
+        a = sympy.diff(et, t)
+        b = et.xreplace({t: sympy.S.Zero})
+    except (ArithmeticError, ValueError, TypeError, AttributeError, NotImplementedError):
+        return None
+    if a.free_symbols or b.free_symbols or _key(a) is None or _key(b) is None:
+        return None
+    return a, b
+
+
+def _inside(lo, hi):
+    """A point strictly between lo and hi (either may be infinite) to read the signs of the |.| arguments at."""
+    if lo == -sympy.oo:
+        return sympy.S.Zero if hi == sympy.oo else hi - 1
+    return lo + 1 if hi == sympy.oo else (lo + hi) / 2
+
+
+def _linear_pieces(a, b, op: str, lo, hi) -> list:
+    """The part of the open stretch (lo, hi) where a*v + b op 0."""
+    stretch = (lo, hi, False, False, "", "")
+    if _zero_constant(a):
+        return [stretch] if _holds(b, op) else []  # constant on the stretch
+    c = -b / a
+    if op == "=":
+        rays = [(c, c, True, True, "", "")]
+    elif op == "!=":
+        rays = [(-sympy.oo, c, False, False, "", ""), (c, sympy.oo, False, False, "", "")]
+    elif _key(a) > 0:  # a*v + b < 0 with a > 0 is v < c
+        rays = [(-sympy.oo, c, False, op == "<=", "", "")]
+    else:
+        rays = [(c, sympy.oo, op == "<=", False, "", "")]
+    return [iv for ray in rays for iv in [_intersect(stretch, ray)] if iv is not None]
+
+
+def _holds(x, op: str) -> bool | None:
+    """Does the constant x satisfy x op 0? None when x has no real value."""
+    zero = _zero_constant(x)
+    if zero is None or _key(x) is None:
+        return None
+    if op in ("=", "!="):
+        return zero == (op == "=")
+    return op == "<=" if zero else _key(x) < 0
+
+
+def _joined(pieces: list) -> list:
+    """Sorted pieces, those that overlap or touch at a point one of them holds joined into one interval."""
+    pieces = sorted(pieces, key=lambda iv: (_key(iv[0]), not iv[2]))
+    out = []
+    for iv in pieces:
+        prev = out[-1] if out else None
+        if prev is None or not _meets(prev, iv):
+            out.append(iv)
+            continue
+        if _less(prev[1], iv[1]):
+            out[-1] = (prev[0], iv[1], prev[2], iv[3], prev[4], iv[5])
+        elif not _less(iv[1], prev[1]):
+            out[-1] = (prev[0], prev[1], prev[2], prev[3] or iv[3], prev[4], prev[5])
+    return out
+
+
+def _meets(a, b) -> bool:
+    """b (starting no earlier than a) overlaps a, or starts where a ends with that point in one of them."""
+    if _less(b[0], a[1]):
+        return True
+    return not _less(a[1], b[0]) and (a[3] or b[2])
 
 
 @functools.lru_cache(maxsize=4096)  # endpoints are compared many times when intervals are intersected
@@ -338,7 +593,7 @@ def match(a, b) -> bool:
             return False
         return _unordered(a[1], b[1])
     if b[0] == "seq":
-        if a[0] == "set" and b[1:3] == ("(", ")"):  # a bare list may answer a parenthesised tuple, in order
+        if a[0] == "set" and not _braced(a) and b[1:3] == ("(", ")"):  # a bare list may answer a tuple, in order
             items = a[1]
         elif a[0] == "seq" and a[1:3] == b[1:3]:  # brackets matter: (3,4] is not [3,4]
             items = a[3]
@@ -355,6 +610,8 @@ def match(a, b) -> bool:
         )
     if b[0] == "rel":
         return a[0] == "rel" and a[1] == b[1] and _proportional(a[2], b[2], positive=b[1] not in ("=", "!="))
+    if b[0] == "ratio":
+        return a[0] == "ratio" and len(a[1]) == len(b[1]) and all(match(x, y) for x, y in zip(a[1], b[1]))
     return a[0] == "expr" and scalar_equal(a[1], b[1], a[2], b[2])
 
 
@@ -392,16 +649,24 @@ def _points(symbols, n: int, seed: str):
     return [{s: sympy.Float(rng.uniform(0.2, 2.0), 30) for s in syms} for _ in range(n)]
 
 
+def _number_of(e, text: str) -> Num | None:
+    """The number as written (parse_number), or the exact rational SymPy made of it: 2^{-1} is 1/2, so that
+    0.5 against 2^{-1} follows the plain-number rules (a terminating value compares exactly)."""
+    num = parse_number(text)
+    if num is None and e.is_Rational:
+        num = Num(Fraction(int(e.p), int(e.q)), True, Fraction(0), 0)
+    return num
+
+
 def scalar_equal(a, b, text_a: str, text_b: str) -> bool:
     if a == b:
         return True
     if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
         return False  # infinities are equal only structurally
     num_b = parse_number(text_b)
-    if num_b is not None:
-        num_a = parse_number(text_a)
-        if num_a is not None:
-            return numbers_equal(num_a, num_b)
+    exact_a, exact_b = _number_of(a, text_a), _number_of(b, text_b)
+    if exact_a is not None and exact_b is not None:
+        return numbers_equal(exact_a, exact_b)
     decimal_ref, decimal_resp = b.has(sympy.Float), a.has(sympy.Float)
     symbols = a.free_symbols | b.free_symbols
     if not (decimal_ref or decimal_resp):  # exact against exact: no tolerance at all

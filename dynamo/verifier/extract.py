@@ -14,6 +14,10 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _TURN_END_RE = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|start_header_id)\|>")
 # Boxes written side by side form one answer (`\boxed{-2} and \boxed{1}`): only these may separate them.
 _BOX_JOIN_RE = re.compile(r"(?:\s|\$|\\[()\[\]]|,|;|\\quad|\\qquad|\\text\s*\{\s*and\s*\}|(?<![A-Za-z])and(?![A-Za-z]))*")
+_BARE_BOX_RE = re.compile(r"[^\s$]+")
+# One token (a digit, a letter, a macro name), then nothing that could continue it: the end, a space, `$`, a
+# closing `}`, `\)` or `\]`, or sentence punctuation that is not a decimal point (`\boxed7.` but not `\boxed7.5`).
+_BOX_TOKEN_RE = re.compile(r"(\\[A-Za-z]+|[0-9A-Za-z])(?=$|[\s$}]|\\[)\]]|[.,;:!?](?![0-9A-Za-z]))")
 MAX_JOINED_BOXES = 16
 MAX_SCAN_CHARS = 4000  # the unboxed fallbacks read at most this much text around their anchor
 MAX_FALLBACK_CHARS = 10_000  # ... and look for anchors in at most this much of the end of the reply
@@ -66,8 +70,18 @@ def _box_at(text: str, i: int) -> tuple[str, int] | None:
     if text.startswith("{", j):
         content = _braced(text, j)
         return None if content is None else (content, j + len(content) + 2)
-    m = re.compile(r"[^\s$]+").match(text, j) if j > i else None  # `\boxed 5$`
+    if j == i:
+        return _box_token(text, i)
+    m = _BARE_BOX_RE.match(text, j)  # `\boxed 5$`
     return (m.group(0), m.end()) if m else None
+
+
+def _box_token(text: str, i: int) -> tuple[str, int] | None:
+    """`\\boxed7`: TeX boxes the next single token (a character or a macro such as \\pi). Read only when that
+    token stands alone: in `\\boxed72` or `\\boxed7.5` TeX boxes the 7 while the writer likely meant more,
+    and where the two readings disagree there is no answer."""
+    m = _BOX_TOKEN_RE.match(text, i)
+    return (m.group(1), m.end(1)) if m else None
 
 
 def last_boxed(text: str) -> str | None:

@@ -306,6 +306,8 @@ class _Parser:
         """The text of a subscript (x_1, m_{\\max}) used as part of a symbol's name."""
         self.next()
         tok = self.next()
+        if tok[0] == "group" and len(tok[1]) == 1 and tok[1][0][0] != "group":
+            tok = tok[1][0]  # x_{1} is x_1: one name however its one-token subscript is braced
         if tok[0] == "group":
             return "{" + "".join(_token_text(t) for t in tok[1]) + "}"
         return _token_text(tok)

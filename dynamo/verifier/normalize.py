@@ -10,6 +10,7 @@ from fractions import Fraction
 MAX_ANSWER_CHARS = 1000  # longer extracted answers are "not equal" without parsing
 MAX_NUMBER_DIGITS = 400  # digits in one plain-number literal; longer is rejected, not parsed
 MAX_DECIMAL_EXPONENT = 1000  # |k| in 1.5e<k> or 1.5 \times 10^{k}
+MAX_GROUPS = 64  # `;`-separated groups of assignments (p=5,q=2; p=7,q=2)
 HIGH_PRECISION_DIGITS = 6  # a decimal may stand for a non-terminating exact value only with this many significant digits
 
 _UNICODE = {
@@ -49,12 +50,25 @@ _UNIT_ALIASES = {
 }
 _CONNECTIVE_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(and|or)(?![A-Za-z])\s*")
 _PLAIN_NUMBER_RE = re.compile(r"\s*[+-]?\d+(?:\.\d+)?\s*", re.ASCII)
-_THOUSANDS_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
+# A thousands grouping: 1-3 leading digits (never a lone 0: "0,111" is no thousands number), then groups of 3.
+_THOUSANDS_NUMBER_RE = re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
+# Thousands separators that are never anything else: 10,\!080 and 12{,}000 (but 0{,}111 is a decimal comma)
+_TEX_SEPARATOR_RE = re.compile(r"(\d+)\s*(?:,\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))", re.ASCII)
+# One number with a decimal comma (1000,99; 0{,}111), read as such only against a point decimal (see normalize_pair)
+_DECIMAL_COMMA_RE = re.compile(r"[+-]?\d+(?:,|\{,\})\d+", re.ASCII)
+_POINT_DECIMAL_RE = re.compile(r"[+-]?\d*\.\d+", re.ASCII)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|boxed)\s*\{([^{}]*)\}")
 _BASE_RE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?", re.ASCII)  # 2516_8, 4210_{5}: a numeral in another base
 _NAME = r"(?:[A-Za-z]+|\\[A-Za-z]+)(?:_(?:\{[^{}=]*\}|\w))?"
-# x, AB, m_{\max}, f(x), \tau, and a tuple of names: (p,q) = (3,2) assigns the pair
-_SIMPLE_LHS_RE = re.compile(rf"{_NAME}(?:\([^()=]*\))?|\({_NAME}(?:,{_NAME})+\)")
+# Names of geometric quantities: |AB| and \overline{AB} (a segment's length: capitals only, since |x| is an
+# absolute value and `|x| = 2` an equation), \angle ABC and m\angle ABC.
+_GEOMETRY_NAME = r"\|[A-Z]{2,}\||\\overline\{[A-Z]{2,}\}|(?:m ?)?\\angle ?[A-Z]{1,3}"
+# x, AB, m_{\max}, f(x), \tau, |AB|, a ratio of names (V_1:V_2 = 11:21), and a tuple of names:
+# (p,q) = (3,2) assigns the pair
+_NAME_RE = re.compile(_NAME)
+_SIMPLE_LHS_RE = re.compile(
+    rf"{_NAME}(?:\([^()=]*\))?|{_GEOMETRY_NAME}|{_NAME}(?::{_NAME})+|\({_NAME}(?:,{_NAME})+\)"
+)
 
 
 def normalize(s: str) -> str:
@@ -62,9 +76,37 @@ def normalize(s: str) -> str:
     return normalize_with_unit(s)[0]
 
 
-def normalize_with_unit(s: str) -> tuple[str, str]:
+def normalize_pair(answer: str, ref: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """normalize_with_unit of both sides, reading a decimal comma on one side (1000,99 and 0{,}111 as
+    1000.99 and 0.111) only where the other side is a decimal written with a point of exactly that value.
+    A comma between digits is ambiguous: `1,3` may be the decimal 1.3 or the list 1, 3 (OlympiadBench joins
+    its multiple answers so). The point decimal on the other side is the evidence that one non-integer is
+    meant, and asking for exactly its value (no rounding at its precision) keeps the coincidence that could
+    turn a wrong list into a right answer as narrow as it can be. Everywhere else a comma keeps its usual
+    readings: a thousands separator in 1,000 and 12,345 (against a point decimal too), a list separator in
+    `1, 5` (a space) and in `1,5` against anything but that decimal."""
+    a, b = normalize_with_unit(answer), normalize_with_unit(ref)
+    if "," in answer and _POINT_DECIMAL_RE.fullmatch(b[0]):
+        a = _decimal_comma_reading(answer, b[0]) or a
+    if "," in ref and _POINT_DECIMAL_RE.fullmatch(a[0]):
+        b = _decimal_comma_reading(ref, a[0]) or b
+    return a, b
+
+
+def _decimal_comma_reading(s: str, decimal: str) -> tuple[str, str] | None:
+    """normalize_with_unit of s with its comma read as a decimal point, when that gives exactly the value of
+    `decimal` (1,50 for 1.5, not 1,26 for 1.3); else None."""
+    read = normalize_with_unit(s, decimal_comma=True)
+    x, y = parse_number(read[0]), parse_number(decimal)
+    return read if x is not None and y is not None and x.value == y.value else None
+
+
+def normalize_with_unit(s: str, decimal_comma: bool = False) -> tuple[str, str]:
     """(canonical text, canonical unit or ""): the unit is removed from the text but kept, so that a pair
-    differing only by a unit on one side compares equal while `5 cm` and `5 m` do not."""
+    differing only by a unit on one side compares equal while `5 cm` and `5 m` do not. With
+    `decimal_comma`, an answer that is one number with one comma and no space (1000,99) is read as a decimal
+    unless it is also a valid thousands grouping (1,000 and 12,345 stay thousands: the reading that keeps
+    a wrong answer wrong when the two disagree)."""
     if _PLAIN_NUMBER_RE.fullmatch(s):
         return s.strip(), ""  # nothing below changes a plain number: skip the regex passes (training path)
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
@@ -72,9 +114,10 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
         s = s.replace("\\\\", "\\")  # every macro's backslash doubled (an escaped string): \\frac is \frac
     s = s.replace("\\$", "").replace("$", "")
     # Thousands separators: 10,\!080 and 12{,}000 always; a plain comma only in one lone number (below)
-    s = re.sub(r"(\d)\s*(?:,\\!|\{\s*,\s*\})\s*(?=\d{3}(?!\d))", r"\1", s)
+    s = _TEX_SEPARATOR_RE.sub(lambda m: m.group(0) if m.group(1) == "0" else m.group(1), s)
     s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)\s*\.", "", s)  # invisible delimiters
     s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg|displaystyle|textstyle)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[lr]?vert(?![A-Za-z])", "|", s)  # \lvert x \rvert and \vert x \vert are |x|
     s = re.sub(r"\\[!,;:>]|(?<!\\)\\ |~|\\q?quad(?![A-Za-z])", " ", s)
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
@@ -104,6 +147,8 @@ def normalize_with_unit(s: str) -> tuple[str, str]:
         s = s[1:-1].strip()  # a TeX group around the whole answer: {1,3} is 1,3
     if _THOUSANDS_NUMBER_RE.fullmatch(s.rstrip(".")):  # 12,000 alone is a number; "32, 349" (a space) is a list
         s = s.replace(",", "")
+    elif decimal_comma and _DECIMAL_COMMA_RE.fullmatch(s.rstrip(".")):  # spaces still tell "1,5" from "1, 5"
+        s = s.replace("{,}", ".").replace(",", ".")
     s = re.sub(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])", "", s)  # spaces only matter between two letters
     s = re.sub(r"(?:\.|\\\\)+$", "", s).rstrip()  # trailing period / line break
     if "\\approx" in s:
@@ -210,7 +255,9 @@ def split_top(s: str, sep: str = ",") -> list[str]:
 
 
 def is_prose(s: str) -> bool:
-    """Six or more words (not macro names): a sentence, which only an identical sentence can equal."""
+    """Six or more words (not macro or environment names): a sentence, which only an identical sentence can
+    equal. (Three matrices are not prose: `pmatrix` in \\begin{pmatrix} is no word.)"""
+    s = re.sub(r"\\(?:begin|end)\{[A-Za-z]*\}", "", s)
     return len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", s)) >= 6
 
 
@@ -242,6 +289,44 @@ def align_sides(resp: str, ref: str) -> tuple[str, str]:
         ):
             resp_parts, ref_parts = [a[-1] for a, _ in pairs], [b[-1] for _, b in pairs]
     return ",".join(resp_parts), ",".join(ref_parts)
+
+
+def group_answers(resp: str, ref: str) -> tuple[str, str]:
+    """Semicolons outside brackets separate whole answers: `(5,2);(7,2)` is the list `(5,2),(7,2)`, and
+    groups of assignments `p=5,q=2; p=7,q=2` are the tuples `(5,2),(7,2)` (in the reference's order of the
+    names when it names them too, else in the order written). Runs before align_sides."""
+    groups_resp, groups_ref = _assignment_groups(resp), _assignment_groups(ref)
+    order = list(groups_ref[0]) if groups_ref else list(groups_resp[0]) if groups_resp else []
+    return _grouped(resp, groups_resp, order), _grouped(ref, groups_ref, order)
+
+
+def _grouped(s: str, groups: list[dict] | None, order: list[str]) -> str:
+    if groups is None:
+        return ",".join(split_top(s, ";"))
+    if len(groups[0]) == 1:  # x=1; x=-2: one unknown, several values
+        return ",".join(g[next(iter(g))] for g in groups)
+    names = order if set(order) == set(groups[0]) else list(groups[0])
+    return ",".join("(" + ",".join(g[n] for n in names) + ")" for g in groups)
+
+
+def _assignment_groups(s: str) -> list[dict] | None:
+    """`p=5,q=2;p=7,q=2` -> [{p: 5, q: 2}, {p: 7, q: 2}]: at least two `;` groups, each assigning the same
+    names once (a name written twice, or another set of names, is no such list); else None."""
+    parts = split_top(s, ";")
+    if len(parts) < 2 or len(parts) > MAX_GROUPS:
+        return None
+    groups = []
+    for part in parts:
+        group = {}
+        for item in split_top(part):
+            sides = split_top(item, "=")
+            if len(sides) != 2 or not _NAME_RE.fullmatch(sides[0]) or not sides[1] or sides[0] in group:
+                return None
+            group[sides[0]] = sides[1]
+        if groups and set(group) != set(groups[0]):
+            return None
+        groups.append(group)
+    return groups
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +423,7 @@ def fast_compare(resp: str, ref: str) -> bool | None:
     if resp == ref:
         return True
     m = _BASE_RE.fullmatch(ref)
-    if m and not ref.isdigit():  # base-b numeral: 2516_8 also accepts 2516
+    if m and _is_numeral(*m.groups()):  # base-b numeral: 2516_8 also accepts 2516
         other = _BASE_RE.fullmatch(resp)
         return resp == m.group(1) or (other is not None and other.groups() == m.groups())
     a, b = parse_number(resp), parse_number(ref)
@@ -361,6 +446,12 @@ def fast_compare(resp: str, ref: str) -> bool | None:
             return False
         return all(numbers_equal(x, y) for x, y in zip(na, nb))
     return match_unordered(na, nb, numbers_equal)
+
+
+def _is_numeral(digits: str, base: str) -> bool:
+    """2516_8 is a numeral in base 8; v_0, x_1 and t_{12} are names (no base 0 or 1, no digit t in base 12)."""
+    b = int(base)
+    return 2 <= b <= 36 and all(int(c, 36) < b for c in digits)
 
 
 def match_unordered(xs: list, ys: list, equal) -> bool:
