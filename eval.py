@@ -2,7 +2,7 @@
 
     python eval.py --model runs/default/final --data arithmetic --k 32         # the embedded default, CPU
     python eval.py --model /models/Qwen2.5-Math-1.5B --data /path/to/benchmarks/*/test.jsonl --k 32 \
-        max_new_tokens=3072 dtype=bfloat16 batch_rollouts=1024
+        max_new_tokens=3072 dtype=bfloat16
     torchrun --standalone --nproc_per_node 8 eval.py --config my_eval.yaml      # problems split by rank
 
 What the table reports (docs/ALGORITHM.md §7): P@1 is avg@k, the mean accuracy of k samples per problem; P@k is
@@ -33,6 +33,7 @@ from dynamo import metrics
 from dynamo.config import ConfigError, dump, help_text, load_config, to_dict
 from dynamo.data import benchmark_name, check_context, read_problems, render
 from dynamo.evaluate import sample_and_score
+from dynamo import memory
 from dynamo.model import load_pretrained
 from dynamo.task import LEVELS, split
 
@@ -47,7 +48,8 @@ class EvalConfig:
     temperature: float = 1.0  # sampling temperature (the paper's evaluation: 1.0, docs/ALGORITHM.md §7)
     top_p: float = 1.0  # nucleus sampling; 1.0 = the full distribution
     max_new_tokens: int = 48  # response length limit; longer responses are truncated and counted
-    batch_rollouts: int = 512  # rollouts per generate call: batch_rollouts // k problems at a time
+    batch_rollouts: int = 0  # rollouts per generate call (batch_rollouts // k problems at a time); 0 = auto: 512 on
+    # CPU, on CUDA as many as the KV cache of max_position_embeddings positions each leaves room for
     seed: int = 0  # sample j of a problem is drawn from a seed derived from (seed, problem id, j)
     bootstrap: int = 1000  # bootstrap resamples for best@k (as verl) and for the confidence intervals
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
@@ -69,7 +71,9 @@ def check(cfg: EvalConfig) -> None:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}' = {getattr(cfg, key)!r}; choose one of {', '.join(allowed)}")
-    for key in ("k", "max_new_tokens", "batch_rollouts", "bootstrap", "task_problems"):
+    if cfg.batch_rollouts < 0:
+        raise ConfigError(f"config key 'batch_rollouts' must be >= 0 (0 = auto), got {cfg.batch_rollouts}")
+    for key in ("k", "max_new_tokens", "bootstrap", "task_problems"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
     if not 0.0 < cfg.temperature or not 0.0 < cfg.top_p <= 1.0:
@@ -182,6 +186,14 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     model.to(device).eval()
+    per_call = cfg.batch_rollouts or 512  # 0 = auto: on CUDA as many rollouts as fit next to the weights
+    if not cfg.batch_rollouts and device.type == "cuda":
+        shape = memory.Shape.of(model.config, sum(p.numel() for p in model.parameters()))
+        per_call = memory.rollout_rows(shape, positions=model.config.max_position_embeddings,
+                                       memory=torch.cuda.get_device_properties(device).total_memory,
+                                       compute_bytes=next(model.parameters()).element_size(), optimizer=False)
+        log(f"batch_rollouts=0 (auto): {per_call} rollouts a generate call, by the KV cache of "
+            f"{model.config.max_position_embeddings} positions each")
     templates = {name: cfg.template if cfg.template != "auto" else "plain" if name == "arithmetic" else "boxed"
                  for name in benchmarks}
     try:  # every prompt rendered and measured before any sampling
@@ -206,7 +218,7 @@ def main(argv: list[str]) -> None:
             for j, records in sample_and_score(model, tokenizer, [problems[i] for i in mine], prompts, samples=cfg.k,
                                                temperature=cfg.temperature, top_p=cfg.top_p,
                                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                               batch_rollouts=cfg.batch_rollouts, fallbacks=True, skip=skip):
+                                               batch_rollouts=per_call, fallbacks=True, skip=skip):
                 p = problems[mine[j]]
                 for s, r in enumerate(records):
                     out.write(json.dumps({"benchmark": name, "id": p.prompt_id, "sample": s, "reference": p.answer,

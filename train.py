@@ -1,7 +1,7 @@
 """RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (docs/ALGORITHM.md).
 
     python train.py --config configs/default.yaml                     # the embedded default, CPU
-    python train.py --config configs/default.yaml steps=10 optim.lr=1e-5
+    python train.py --config configs/default.yaml steps=10 optim.lr=1e-5 out_dir=runs/try
     torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml   # FSDP2 over 2 ranks
 
 Shapes used throughout: P prompts, N rollouts (N = sum of per-prompt counts), T response tokens,
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
             ro = sample(model, tokenizer, [data.pool_prompts[i] for i in mine], counts,
                         seeds=[derive_seed(rl_seed, "rollout", step, p.prompt_id) for p in problems],
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                        max_new_tokens=cfg.rollout.max_new_tokens)
+                        max_new_tokens=cfg.rollout.max_new_tokens, max_rows=data.rows_per_call)
         texts, t_gen = decode_responses(tokenizer, ro), time.time() - t0
         # 3. verify each response against its own prompt's reference (joined by prompt_index, §8), then
         #    update the statistics: every rank gets every response's own (prompt id, correct) pair

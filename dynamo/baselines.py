@@ -43,13 +43,14 @@ def entropy_advantages(advantages: Tensor, entropy: Tensor, *, alpha: float, kap
 
 
 def quantile(values: Tensor, q: float) -> Tensor:
-    """The q-quantile of a 1-D tensor with linear interpolation (torch.quantile's default), by sorting:
-    torch.quantile refuses more than 2^24 elements, a whole mini-batch's tokens can exceed that."""
+    """The q-quantile of a 1-D tensor with linear interpolation, by sorting: torch.quantile refuses more than
+    2^24 elements (a whole mini-batch's tokens can exceed that) and wants q on the values' device. The same
+    arithmetic as torch.quantile (q in the values' dtype, torch.lerp), so the two agree to the bit."""
     v = values.sort().values
-    pos = q * (len(v) - 1)
-    lo = int(pos)
+    pos = torch.tensor(q, dtype=v.dtype) * (len(v) - 1)  # a CPU scalar: the indices below need no sync
+    lo = int(pos.floor())
     hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+    return torch.lerp(v[lo], v[hi], (pos - lo).to(v.device))
 
 
 def fork_mask(entropy: Tensor, mask: Tensor, *, top: float) -> Tensor:

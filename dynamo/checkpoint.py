@@ -43,7 +43,7 @@ RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "c
 # difference between a checkpoint's resolved config and the resuming run's stops the resume.
 RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "sample_every", "samples_per_step", "logprob_chunk", "activation_checkpointing", "device",
-                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped")
+                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped", "rollout.max_rows", "tf32")
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 

@@ -31,6 +31,8 @@ class RolloutConfig:
     max_new_tokens: int = 48  # response length limit; longer responses are truncated and flagged
     max_prompt_tokens: int = 96  # prompt length limit in tokens, checked at start
     too_long: str = "stop"  # a training prompt over the limit: 'stop' the run at start, or 'skip' it (counted)
+    max_rows: int = 0  # most rollouts per generate call (bounds its KV cache; changes no token); 0 = auto: all of a
+    # rank's rows on CPU, on CUDA as many as the memory plan fits
 
 
 @dataclass
@@ -139,7 +141,9 @@ class Config:
     data: str = "arithmetic"  # 'arithmetic' = built-in task, or a JSONL or Parquet file of problems with answers
     template: str = "plain"  # prompt template: 'plain' (text as is) | 'boxed' (base model) | 'chat'
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
-    dtype: str = "float32"  # parameter dtype: 'float32' | 'bfloat16'
+    dtype: str = "float32"  # parameter dtype: 'float32' (bf16 compute: parallel.mixed_precision under torchrun)
+    tf32: bool = True  # on CUDA, float32 matmuls on TF32 tensor cores (10-bit mantissa products, float32 sums;
+    # about 8x strict float32 on an H100); false: strict float32. No effect on CPU
     steps: int = 80  # RL steps
     prompts_per_step: int = 16  # P: prompts per step (all ranks together)
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
@@ -291,6 +295,8 @@ def _check(cfg: Config) -> None:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     r, a, o = cfg.rollout, cfg.allocator, cfg.optim
+    if r.max_rows < 0:
+        raise ConfigError(f"config key 'rollout.max_rows' must be >= 0 (0 = auto), got {r.max_rows}")
     if not 0.0 < r.temperature:
         raise ConfigError(f"config key 'rollout.temperature' must be > 0, got {r.temperature}")
     if not 0.0 < r.top_p <= 1.0:
@@ -339,6 +345,12 @@ def _check(cfg: Config) -> None:
                           "(use auto, which keeps them)")
     if o.lr <= 0 or o.grad_clip <= 0 or o.warmup_steps < 0:
         raise ConfigError("config keys 'optim.lr' and 'optim.grad_clip' must be > 0, 'optim.warmup_steps' >= 0")
+    if cfg.dtype == "bfloat16":
+        raise ConfigError("config key 'dtype' = 'bfloat16' would keep the weights and AdamW's moments in bfloat16, "
+                          "where an update much smaller than a weight rounds away (most weights never move at the "
+                          "paper's lr of 1e-6); keep dtype=float32 and compute in bfloat16 with torchrun (one GPU too: "
+                          "--nproc_per_node 1) and parallel.mixed_precision=bf16: FSDP2 keeps float32 master weights "
+                          "and AdamW state")
     m = cfg.modulation
     if not 0 <= m.lambda_min <= 1 or m.alpha < 0 or m.gamma <= 0 or m.diagnose_every < 0:
         raise ConfigError("config keys 'modulation.lambda_min' in [0, 1], 'modulation.alpha' >= 0, "

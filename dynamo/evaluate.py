@@ -40,7 +40,15 @@ def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples:
     per_batch, skip = max(1, batch_rollouts // samples), set(skip)
     batches = [order[s:s + per_batch] for s in range(0, len(order), per_batch)]
     batches = [idx for idx in batches if not all(i in skip for i in idx)]
-    for idx in batches:
+    rounds = len(batches)
+    if dist.is_sharded(model):  # each generate call is collective: every rank runs as many, decided up front
+        rounds = int(dist.all_reduce_max(torch.tensor(len(batches))))
+    for b in range(rounds):
+        if b >= len(batches):  # this rank is done: a one-token call keeps it in step with the busiest rank
+            sample(model, tokenizer, [tokenizer.bos_token or tokenizer.eos_token], [1], seeds=[0],
+                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+            continue
+        idx = batches[b]
         ro = sample(model, tokenizer, [prompts[i] for i in idx], [samples] * len(idx),
                     seeds=[derive_seed(seed, problems[i].prompt_id) for i in idx],
                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -55,11 +63,6 @@ def sample_and_score(model, tokenizer, problems, prompts: list[str], *, samples:
         for i in idx:
             if i not in skip:
                 yield i, records[i]
-    if dist.is_sharded(model):  # every rank must run as many generate calls as the busiest one
-        spare = int(dist.all_reduce_max(torch.tensor(len(batches)))) - len(batches)
-        for _ in range(spare):
-            sample(model, tokenizer, [tokenizer.bos_token or tokenizer.eos_token], [1], seeds=[0],
-                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 
 
 def evaluate(model, tokenizer, problems, prompts: list[str], *, samples: int, temperature: float, top_p: float,
@@ -94,18 +97,21 @@ def evaluate_run(cfg, model, tokenizer, data, step: int, log, metrics_file) -> t
     eval_data benchmark, logged and written as one `kind: eval` metrics row. Returns (held-out result or None,
     {benchmark: result}); `data` is dynamo.launch.Data."""
     kw = dict(samples=cfg.eval_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-              max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"))
+              max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "eval"),
+              batch_size=data.rows_per_call or 512)  # rows per generate call, as the memory plan sized them
     row, res, t0 = {"kind": "eval", "step": step}, None, time.time()
     if data.heldout:
-        res = evaluate(model, tokenizer, data.heldout, data.heldout_prompts, **kw)
+        with dist.gathered(model, cfg.parallel.unshard_for_rollout):  # weights gathered once, as for rollouts
+            res = evaluate(model, tokenizer, data.heldout, data.heldout_prompts, **kw)
         levels = " ".join(f"{k} {v:.2f}" for k, v in res["levels"].items())
         log(f"eval step {step:4d} | held-out pass@1 {res['accuracy']:.4f} +- {res['se']:.4f} | {levels} "
             f"| {time.time() - t0:.1f}s")
         row.update({"eval/accuracy": res["accuracy"], "eval/se": res["se"],
                     **{f"eval/{k}": v for k, v in res["levels"].items()}})
     t0, k = time.time(), cfg.eval_samples
-    bench = {name: evaluate(model, tokenizer, probs, data.bench_prompts[name], fallbacks=True, **kw)
-             for name, probs in data.benchmarks.items()}  # graded as eval.py grades (unboxed endings too)
+    with dist.gathered(model, cfg.parallel.unshard_for_rollout):
+        bench = {name: evaluate(model, tokenizer, probs, data.bench_prompts[name], fallbacks=True, **kw)
+                 for name, probs in data.benchmarks.items()}  # graded as eval.py grades (unboxed endings too)
     if bench:
         mean_acc = sum(r["accuracy"] for r in bench.values()) / len(bench)
         log(f"eval step {step:4d} | " + " | ".join(f"{n} avg@{k} {r['accuracy']:.4f} +- {r['se']:.4f}"

@@ -20,6 +20,7 @@ def group_advantages(rewards: torch.Tensor, prompt_index: torch.Tensor, eps: flo
     """
     rewards = rewards.float()
     groups, inverse = torch.unique(prompt_index, return_inverse=True)  # inverse: (N,) group of each row
+    inverse = inverse.to(rewards.device)  # prompt indices may live on the CPU
     g = len(groups)
     size = rewards.new_zeros(g).index_add_(0, inverse, torch.ones_like(rewards))  # (G,)
     mean = rewards.new_zeros(g).index_add_(0, inverse, rewards) / size  # (G,)
@@ -59,6 +60,7 @@ def token_weights(mask: torch.Tensor, prompt_index: torch.Tensor, aggregation: s
         return mask / all_reduce(mask.sum()).clamp(min=1)
     if aggregation == "prompt_mean":
         groups, inverse = torch.unique(prompt_index, return_inverse=True)
+        inverse = inverse.to(mask.device)  # prompt_index lives on the CPU, the mask with the model
         group_tokens = mask.new_zeros(len(groups)).index_add_(0, inverse, mask.sum(1))  # (G,)
         n_groups = all_reduce(mask.new_tensor(float(len(groups))))
         per_row = 1.0 / (n_groups * group_tokens[inverse].clamp(min=1))  # (N,)

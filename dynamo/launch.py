@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from dynamo import checkpoint, distributed as dist
+from dynamo import checkpoint, distributed as dist, memory
 from dynamo.config import ConfigError, check_machine_and_paths, dump, help_text, load_config, to_dict
 from dynamo.data import check_context, drop_long_prompts, load_problems, read_benchmarks, render
 from dynamo.evaluate import measure_pass_rates
@@ -32,6 +32,7 @@ class Data:
     heldout_prompts: list
     benchmarks: dict  # eval_data: {name: problems}, evaluated during training
     bench_prompts: dict  # {name: prompts}
+    rows_per_call: int = 0  # most rows per generate call (rollout.max_rows, auto resolved by the memory plan)
 
 
 def read_config(argv: list[str], usage: str):
@@ -60,6 +61,25 @@ def read_config(argv: list[str], usage: str):
         sys.exit(f"config error: {e}")
     dist.print0(dump(cfg))  # the resolved config, as config.yaml will hold it
     return cfg
+
+
+def memory_plan(cfg, model, tokenizer, data: Data, device: torch.device, *, compute_bytes: int, log) -> int:
+    """Print the memory plan (dynamo/memory.py); on CUDA stop when it cannot fit. Returns the rows per generate
+    call: rollout.max_rows, or for 0 (auto) all of a rank's rows on CPU and as many as fit on CUDA."""
+    world = dist.world_size()
+    shape = memory.Shape.of(model.config, sum(p.numel() for p in model.parameters()))
+    positions = max(len(ids) for ids in tokenizer(data.pool_prompts)["input_ids"]) + cfg.rollout.max_new_tokens
+    rows = cfg.prompts_per_step // world * cfg.rollouts_per_prompt
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    per_call = cfg.rollout.max_rows or (memory.rollout_rows(shape, positions=positions, memory=total, world=world,
+                                                            compute_bytes=compute_bytes) if total else 0)
+    plan = memory.plan(shape, rows=min(rows, per_call or rows), positions=positions, world=world,
+                       micro_batch_size=cfg.micro_batch_size, compute_bytes=compute_bytes,
+                       checkpointing=cfg.activation_checkpointing)
+    log(plan.line())
+    if total:
+        memory.check(plan, total, cfg.rollout.max_rows)
+    return per_call
 
 
 def device_of(cfg) -> torch.device:
@@ -105,12 +125,19 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
     if dist.is_main():
         with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
             f.write(dump(cfg))
+    if device.type == "cuda":  # float32 matmuls on TF32 tensor cores unless tf32=false
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     model.to(device=device, dtype=dtype).train()
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    mp = cfg.parallel.mixed_precision
+    bf16 = dist.active() and cfg.parallel.fsdp and (mp == "bf16" or (mp == "auto" and device.type == "cuda"))
     if dist.active() and cfg.parallel.fsdp:  # under torchrun: FSDP2 over all ranks (python train.py: plain)
-        mp = cfg.parallel.mixed_precision
-        dist.shard(model, bf16=mp == "bf16" or (mp == "auto" and device.type == "cuda"))
+        dist.shard(model, bf16=bf16)
+    try:
+        data.rows_per_call = memory_plan(cfg, model, tokenizer, data, device, compute_bytes=2 if bf16 else 4, log=log)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     state = RunState.fresh(cfg, model, tokenizer, len(pool))
     if saved:
         try:

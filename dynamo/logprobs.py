@@ -148,9 +148,12 @@ class _TokenStats(torch.autograd.Function):
         rows, cols, vocab = ctx.rows, ctx.cols, weight.shape[0]
         head = _Head(weight, bias, ctx.temperature, rows, cols)
         # Every entry is written by the first block that reaches it (no zero fill: out= first, then += / addmm_).
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = torch.empty_like(bias) if need_b else None
+        # The sums over blocks run in float32 whatever the parameters' dtype (bf16 sums over many vocabulary and
+        # position blocks lose about 4x the precision of one bf16 matmul); cast once at the end.
+        f32 = torch.float32
+        grad_h = torch.empty_like(hidden, dtype=f32) if need_h else None
+        grad_w = torch.empty_like(weight, dtype=f32) if need_w else None
+        grad_b = torch.empty_like(bias, dtype=f32) if need_b else None
         if grad_logp is None:  # only the entropy is differentiated
             grad_logp = torch.zeros_like(lse)
         g = grad_logp.float() / ctx.temperature  # (T,) the logits' gradient is g (onehot - pi) [- gH pi (log pi + H)]
@@ -167,13 +170,14 @@ class _TokenStats(torch.autograd.Function):
                     grad = logp.exp_().mul_(coef.neg_())
                 row, inside = _targets_in(t, v0, v1)
                 grad.scatter_add_(0, row, torch.where(inside, gc, 0.0)[None, :])  # g (onehot - pi)
-                grad = grad.to(weight.dtype)  # the linear layer's backward runs in its dtype, as autograd's would
-                if need_h:
-                    _accumulate(grad_h[s:s + rows], v0 == 0, grad.t(), weight[v0:v1])
+                if need_h:  # (float32 inputs: .to is a no-op, the same products as before)
+                    _accumulate(grad_h[s:s + rows], v0 == 0, grad.t(), weight[v0:v1].to(f32))
                 if need_w:
-                    _accumulate(grad_w[v0:v1], s == 0, grad, h)
+                    _accumulate(grad_w[v0:v1], s == 0, grad, h.to(f32))
                 if need_b:
                     _accumulate(grad_b[v0:v1], s == 0, grad.sum(1))
+        cast = [(g, like) for g, like in ((grad_h, hidden), (grad_w, weight), (grad_b, bias))]
+        grad_h, grad_w, grad_b = (None if g is None else g.to(like.dtype) for g, like in cast)
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 

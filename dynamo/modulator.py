@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dynamo import distributed as dist
+from dynamo.baselines import quantile
 from dynamo.grpo import per_token, work_dtype
 from dynamo.logprobs import response_token_stats
 from dynamo.stabilizer import entropy_change, predicted_entropy_change, stabilization
@@ -122,8 +123,8 @@ def factor_stats(factors: dict) -> dict:
     row = {}
     for name, parts in factors.items():
         if parts:
-            v = torch.cat(parts).float()
-            q = torch.quantile(v, torch.tensor([0.05, 0.5, 0.95])).tolist()
+            v = torch.cat(parts).float()  # on the factors' device
+            q = [quantile(v, p).item() for p in (0.05, 0.5, 0.95)]  # by sorting: torch.quantile stops at 2^24
             row.update({f"modulation/{name}_mean": v.mean().item(), f"modulation/{name}_p05": q[0],
                         f"modulation/{name}_p50": q[1], f"modulation/{name}_p95": q[2]})
             if name == "stab":

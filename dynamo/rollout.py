@@ -91,6 +91,9 @@ FMIX32 = ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None))  # murmur3's finaliser
 GOLDEN32 = 0x9E3779B9  # mixed into the vocabulary index before hashing
 # The sampler hashes row chunks of about this many elements, so that the passes over a chunk stay in cache.
 SAMPLER_CHUNK_ELEMENTS = 1 << 19
+# On a GPU the race scores every token of rows chunks this large (about 20 bytes an element: 1.3 GB), with no
+# host sync: a few large kernels instead of many small ones and the selective search's data-dependent sizes.
+DEVICE_CHUNK_ELEMENTS = 1 << 26
 LN2 = math.log(2.0)
 # -log E <= RACE_BOUND - LN2 * bits(float32(m)) / 2^23 (see race_winners): 32 bits of U plus the exponent bias.
 RACE_BOUND = 159 * LN2
@@ -202,6 +205,32 @@ class SeededSampler(LogitsProcessor):
 
 
 def race_winners(logits: torch.Tensor, temperature: float, seeds: torch.Tensor, t: int) -> torch.Tensor:
+    """(N,) the race's winners: on the CPU by bounds and a selective search (`cpu_race_winners`), elsewhere by
+    scoring every token (`full_race_winners`); the same tokens either way (tested)."""
+    if logits.device.type == "cpu":
+        return cpu_race_winners(logits, temperature, seeds, t)
+    return full_race_winners(logits, temperature, seeds, t)
+
+
+def full_race_winners(logits: torch.Tensor, temperature: float, seeds: torch.Tensor, t: int,
+                      chunk_elements: int = DEVICE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """(N,) argmax_v of z_v - log E_v over every token, in row chunks of about `chunk_elements`: the full
+    formula, with no host sync (a GPU's sampler: the draws of race_winners' CPU path, bit for bit)."""
+    n, vocab = logits.shape
+    key, key_xs = _row_keys(seeds, t)  # (N,) each
+    vocab_xs = _vocab_keys(vocab, logits.device)  # (V,)
+    rows = max(1, min(n, chunk_elements // vocab))
+    h, tmp = (torch.empty(rows, vocab, dtype=torch.int32, device=logits.device) for _ in range(2))
+    winners = torch.empty(n, dtype=torch.long, device=logits.device)
+    for s in range(0, n, rows):
+        c, r = slice(s, min(n, s + rows)), min(n, s + rows) - s
+        _hash_(h[:r], key[c, None], key_xs[c, None], vocab_xs, tmp[:r])
+        score = logits[c].float() / temperature - _noise_of_bits(h[:r]).log().float()  # (r, V)
+        winners[c] = score.argmax(-1)
+    return winners
+
+
+def cpu_race_winners(logits: torch.Tensor, temperature: float, seeds: torch.Tensor, t: int) -> torch.Tensor:
     """(N,) argmax_v of z_v - log E_v, z = logits.float() / temperature (N, V), E from exponential_noise:
     the same index, bit for bit, as the full formula (z - exponential_noise(...).log().float()).argmax(-1).
 
@@ -276,11 +305,13 @@ def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], counts: list[int], *, seeds: list[int], temperature: float,
-           top_p: float, max_new_tokens: int) -> Rollouts:
+           top_p: float, max_new_tokens: int, max_rows: int = 0) -> Rollouts:
     """Sample counts[i] responses for prompts[i]; every row keeps its prompt_index.
 
-    seeds[i] is prompt i's seed; its j-th response is drawn under derive_seed(seeds[i], j) alone.
-    A sharded model generates with synced_gpus: every rank runs forward passes until all are done.
+    seeds[i] is prompt i's seed; its j-th response is drawn under derive_seed(seeds[i], j) alone, so splitting
+    the rows into `generate` calls of at most `max_rows` (0: one call) changes no token (tested): the memory
+    of one call's KV cache is what `max_rows` bounds. A sharded model generates with synced_gpus: every rank
+    runs forward passes until all are done, and as many calls as the busiest rank (each call is collective).
     """
     assert len(prompts) == len(counts) == len(seeds), "one rollout count and one seed per prompt"
     device = next(model.parameters()).device
@@ -292,19 +323,38 @@ def sample(model, tokenizer, prompts: list[str], counts: list[int], *, seeds: li
     was_training = model.training
     model.eval()
     eos = stop_ids(model, tokenizer)
-    # Greedy decoding over the scores SeededSampler returns is sampling. The processors a checkpoint's
-    # generation_config could switch on under greedy decoding are switched off, so the behaviour
-    # policy is exactly softmax(z / temperature) (nucleus-filtered), the policy trained.
-    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=False, num_beams=1,
-                         logits_processor=[SeededSampler(row_seeds, ids.shape[1], temperature, top_p)],
-                         repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
-                         max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=eos, synced_gpus=dist.is_sharded(model))  # (N, Lp + T)
+    n = len(row_seeds)
+    size = max_rows if 0 < max_rows < n else n
+    chunks = [slice(s, min(s + size, n)) for s in range(0, n, size)]
+    calls = len(chunks)
+    if dist.is_sharded(model):  # every rank makes as many generate calls, decided before the first
+        calls = int(dist.all_reduce_max(torch.tensor(calls)))
+    outs = []
+    for c in range(calls):
+        rows = chunks[c] if c < len(chunks) else slice(0, 1)  # past this rank's rows: one row, result dropped
+        out = _generate(model, tokenizer, ids[rows], attn[rows], row_seeds[rows], temperature, top_p,
+                        max_new_tokens, eos)
+        if c < len(chunks):
+            outs.append(out)
     model.train(was_training)
+    width = max(o.shape[1] for o in outs)  # chunks stop at their own longest response: pad to the longest
+    out = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=tokenizer.pad_token_id)
+                     for o in outs])  # (N, Lp + T), as one call would have padded finished rows
     lp = ids.shape[1]
     mask, truncated = response_mask(out[:, lp:], eos)  # (N, T)
     return Rollouts(input_ids=out, attention_mask=torch.cat([attn, mask], dim=1), response_mask=mask,
                     prompt_index=prompt_index, truncated=truncated.cpu(), prompt_length=lp, eos_ids=tuple(eos))
+
+
+def _generate(model, tokenizer, ids, attn, row_seeds, temperature, top_p, max_new_tokens, eos) -> torch.Tensor:
+    """One generate call. Greedy decoding over the scores SeededSampler returns is sampling. The processors a
+    checkpoint's generation_config could switch on under greedy decoding are switched off, so the behaviour
+    policy is exactly softmax(z / temperature) (nucleus-filtered), the policy trained."""
+    return model.generate(input_ids=ids, attention_mask=attn, do_sample=False, num_beams=1,
+                          logits_processor=[SeededSampler(row_seeds, ids.shape[1], temperature, top_p)],
+                          repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                          max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=eos, synced_gpus=dist.is_sharded(model))  # (rows, Lp + T)
 
 
 def decode_responses(tokenizer, rollouts: Rollouts) -> list[str]:

@@ -82,6 +82,7 @@ class RunState:
         norm = dist.grad_norm(self.model, optim_cfg.grad_clip)  # global over all ranks
         if torch.isfinite(norm):
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # freed now: generation never holds them
             self.bad_steps = 0
         else:  # a non-finite gradient would poison the weights and AdamW's moments: skip it
             self.optimizer.zero_grad(set_to_none=True)

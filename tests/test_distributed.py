@@ -170,3 +170,50 @@ def test_random_shape_model_trains_under_torchrun_with_one_process(tmp_path):
     row = step_rows(tmp_path / "out")[1]
     assert row["response_length"] > 0 and "time/generate" in open(tmp_path / "out" / "metrics.jsonl").read()
     assert "step    1 | reward" in out
+
+
+EVAL_UNEVEN = '''
+import sys, torch
+sys.path.insert(0, {root!r})
+from dynamo import distributed as dist
+from dynamo.evaluate import evaluate
+from dynamo.task import split
+from tests.helpers import tiny
+dist.init()
+model, tok = tiny()
+dist.shard(model, bf16=False)
+problems = split(["add1", "add2"], 0, 3, 3)[1]
+res = evaluate(model, tok, problems, [p.prompt for p in problems], samples=1, temperature=1.0, top_p=1.0,
+               max_new_tokens=6, seed=0, batch_size=1)
+from dynamo.rollout import sample
+ro = sample(model, tok, ["1+1="], [2 if dist.rank() == 0 else 1], seeds=[0], temperature=1.0, top_p=1.0,
+            max_new_tokens=4, max_rows=1)  # rank 0 needs 2 generate calls, rank 1 one
+dist.print0("done", len(res["per_problem"]), len(ro.prompt_index))
+dist.barrier()  # as train.py ends: no rank tears the process group down while another still uses it
+dist.shutdown()
+'''
+
+
+def test_evaluation_with_uneven_batches_over_ranks_does_not_hang(tmp_path):
+    """3 problems, 1 per batch, 2 sharded ranks: rank 0 runs 2 batches, rank 1 one. Every rank must run as many
+    generate calls (each is collective), decided before the first; deciding after the loop hung. The same for
+    training rollouts split into calls of rollout.max_rows rows."""
+    script = tmp_path / "uneven.py"
+    script.write_text(EVAL_UNEVEN.format(root=ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    res = subprocess.run([*TORCHRUN, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and "done 3 2" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_bf16_compute_keeps_float32_weights_that_move_at_the_papers_lr(tmp_path):
+    """parallel.mixed_precision=bf16 (FSDP2, one process): bf16 compute, float32 master weights and AdamW state,
+    so at the paper's lr of 1e-6 the weights move (dtype=bfloat16 weights, where they would round away, are
+    refused at start)."""
+    out = tmp_path / "out"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1")
+    run([*SMALL, "steps=2", "optim.lr=1e-6", "parallel.mixed_precision=bf16", "skip_zero_advantage=false",
+         f"out_dir={out}"], tmp_path, launcher)
+    start = load_file(os.path.join(SHIPPED_START, "model.safetensors"))
+    end = load_file(os.path.join(out, "checkpoints", "step-000002", "model.safetensors"))
+    moved = sum((start[k] != end[k]).sum().item() for k in start) / sum(v.numel() for v in start.values())
+    assert end[next(iter(end))].dtype == torch.float32 and moved > 0.99, moved

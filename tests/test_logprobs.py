@@ -124,3 +124,24 @@ def test_bfloat16_head_runs_and_stays_close():
     assert [g.dtype for g in chunked[3:]] == [torch.bfloat16] * 3
     for a, b in zip(chunked[:2] + chunked[3:], naive[:2] + naive[3:]):
         assert (a.float() - b.float()).abs().max() < 0.1
+
+
+def test_bf16_backward_sums_its_blocks_in_float32():
+    """With bf16 hidden states and head the gradients are summed over vocabulary and position blocks in float32
+    and cast once: relative error against float64 at the level of bf16 inputs (0.24 % here; summing in bf16, as
+    before, gave 0.34 % on the head's gradient)."""
+    from dynamo.logprobs import _TokenStats
+    g = torch.Generator().manual_seed(0)
+    P, V, D = 512, 3000, 64
+    h, w = torch.randn(P, D, generator=g), torch.randn(V, D, generator=g) * 0.05
+    targets = torch.randint(0, V, (P,), generator=g)
+
+    def grads(dtype):
+        hh, ww = h.to(dtype).requires_grad_(True), w.to(dtype).requires_grad_(True)
+        logp, _, _ = _TokenStats.apply(hh, ww, None, targets, 1.0, 64, False, False)
+        (logp.float() * torch.linspace(-1, 1, P)).sum().backward()
+        assert hh.grad.dtype == ww.grad.dtype == dtype
+        return hh.grad.double(), ww.grad.double()
+
+    for got, ref in zip(grads(torch.bfloat16), grads(torch.float64)):
+        assert ((got - ref).norm() / ref.norm()).item() < 0.0028

@@ -135,3 +135,9 @@ def test_mini_batches_must_divide_each_ranks_rollouts(monkeypatch):
     with pytest.raises(SystemExit, match="mini_batches = 16 must divide each rank's rollouts"):
         launch.read_config([*args, "mini_batches=16"], "")
     assert launch.read_config([*args, "mini_batches=8"], "").mini_batches == 8
+
+
+def test_bf16_weights_are_refused_with_the_way_that_works():
+    with pytest.raises(ConfigError, match="parallel.mixed_precision=bf16"):
+        load_config(["dtype=bfloat16"])
+    assert load_config([]).tf32  # TF32 matmuls on CUDA unless switched off

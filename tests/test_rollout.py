@@ -204,3 +204,38 @@ def test_race_winners_on_nan_logits_pick_what_argmax_would():
     scores = torch.randn(4, 300, generator=gen)
     scores[0, 17] = float("nan")
     assert torch.equal(race_winners(scores, 1.0, seeds, 3), _reference_draw(scores, seeds, 3, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("max_rows", [1, 2, 3, 7])
+def test_generate_calls_of_at_most_max_rows_draw_the_same_tokens(max_rows):
+    """Rows split over several generate calls (rollout.max_rows): every token, mask and flag as in one call."""
+    from dynamo.model import load_pretrained
+    from dynamo.rollout import sample
+    from tests.helpers import SHIPPED_START
+    model, tok = load_pretrained(SHIPPED_START)  # answers that end (EOS) at different lengths
+    kw = dict(seeds=[11, 12, 13], temperature=1.0, top_p=0.9, max_new_tokens=40)
+    prompts, counts = ["12+34=", "5*6=", "100+200="], [3, 4, 2]
+    whole = sample(model, tok, prompts, counts, **kw)
+    lengths = whole.response_mask.sum(1)
+    assert lengths.min() < lengths.max() < 40  # precondition: calls that stop at different widths get padded
+    split = sample(model, tok, prompts, counts, max_rows=max_rows, **kw)
+    for name in ("input_ids", "attention_mask", "response_mask", "prompt_index", "truncated"):
+        assert torch.equal(getattr(whole, name), getattr(split, name)), name
+    assert whole.prompt_length == split.prompt_length
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_the_devices_full_race_draws_the_cpu_races_tokens(chunk_rows):
+    """On a GPU the race scores every token in row chunks (no host sync); on the CPU it searches selectively.
+    Any chunk size gives the CPU path's tokens, for scaled, nucleus-filtered and bf16 logits."""
+    from dynamo.rollout import cpu_race_winners, full_race_winners, top_p_filter
+    g = torch.Generator().manual_seed(5)
+    vocab, n = 1000, 37
+    seeds = torch.randint(0, 2 ** 62, (n,), generator=g)
+    for t in (0, 7):
+        for logits, temperature in ((torch.randn(n, vocab, generator=g) * 3, 1.0),
+                                    (torch.randn(n, vocab, generator=g).bfloat16(), 0.7),
+                                    (top_p_filter(torch.randn(n, vocab, generator=g) / 0.6, 0.9), 1.0)):
+            want = cpu_race_winners(logits, temperature, seeds, t)
+            got = full_race_winners(logits, temperature, seeds, t, chunk_elements=chunk_rows * vocab)
+            assert torch.equal(got, want)
