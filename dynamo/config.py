@@ -64,7 +64,7 @@ class LossConfig:
     eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (docs/ALGORITHM.md §6)
     dual_clip: float = 10.0  # dual-clip constant c for negative advantages (docs/ALGORITHM.md §6)
     aggregation: str = "token_mean"  # 'token_mean' (official) | 'prompt_mean' (each prompt weighs the same)
-    # The paper's baselines (docs/COMPARISON.md), each off by default; configs/<name>.yaml turns one on.
+    # -- The paper's baselines (docs/COMPARISON.md), each off by default; configs/<name>.yaml turns one on.
     advantage: str = "grpo"  # 'grpo' group-normalised | 'w_reinforce' (+lambda correct, -1 wrong, no normalisation)
     w_reinforce_lambda: float = 0.1  # W-REINFORCE's weight of correct responses
     entropy_coef: float = 0.0  # Entropy Loss: loss -= coef * token-mean of the full-vocabulary entropy (0 = off)
@@ -142,8 +142,8 @@ class Config:
     template: str = "plain"  # prompt template: 'plain' (text as is) | 'boxed' (base model) | 'chat'
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
     dtype: str = "float32"  # parameter dtype: 'float32' (bf16 compute: parallel.mixed_precision under torchrun)
-    tf32: bool = True  # on CUDA, float32 matmuls on TF32 tensor cores (10-bit mantissa products, float32 sums;
-    # about 8x strict float32 on an H100); false: strict float32. No effect on CPU
+    tf32: bool = True  # on CUDA, float32 matmuls on TF32 tensor cores (10-bit mantissa products, float32 sums);
+    # false: strict float32. No effect on CPU
     steps: int = 80  # RL steps
     prompts_per_step: int = 16  # P: prompts per step (all ranks together)
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
@@ -445,7 +445,8 @@ def _field_notes(cls) -> dict[str, str]:
         if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
             last = m.group(1)
             notes[last] = m.group(2) or ""
-        elif last and re.match(r"\s+#\s*(.*)$", line):  # a comment line continuing the one above
+        elif last and re.match(r"\s+#\s*(.*)$", line) and not line.strip().startswith("# --"):  # continues it
+            # (a line starting with "# --" is a note on the fields below it, not part of a field's meaning)
             notes[last] = (notes[last] + " " + line.strip()[1:].strip()).strip()
     return notes
 

@@ -1,6 +1,6 @@
 """Curves of several train.py runs side by side, in one PNG.
 
-    python -m dynamo.plot runs/default runs/grpo                  # -> plot.png in the current directory
+    python -m dynamo.plot runs/default runs/grpo                  # -> runs/plot.png, beside the first run
     python -m dynamo.plot runs/exp/*/seed0 --out curves.png --window 20
 
 Panels, against the RL step, from each run's metrics.jsonl: training reward and accuracy (each step faint,
@@ -111,13 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dynamo.plot", description=head, epilog=rest,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="train.py output directories (each holds metrics.jsonl)")
-    parser.add_argument("--out", default="plot.png", help="the PNG to write (default: plot.png)")
+    parser.add_argument("--out", default="", help="the PNG to write (default: plot.png in the folder that holds the "
+                        "first run, e.g. runs/plot.png: never a file left in the repository)")
     parser.add_argument("--window", type=int, default=10, help="steps in the running mean (default: 10)")
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error(f"--window must be >= 1, got {args.window}")
     try:
-        print(os.path.abspath(plot_runs(args.runs, args.out, args.window)))
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.runs[0].rstrip("/"))), "plot.png")
+        print(os.path.abspath(plot_runs(args.runs, out, args.window)))
     except (FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
 
