@@ -62,6 +62,18 @@ def rows_to_run(live: Tensor, sharded: bool) -> Tensor:
     return order[:todo]
 
 
+def trim_padding(ro: Rollouts, rows: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """(input_ids, attention_mask, prompt_length, response width) of `rows` without the columns all of them pad:
+    on the left up to the longest of their prompts, on the right past the longest of their responses. Positions
+    come from the attention mask and padded keys weigh 0, so each real token's log-prob is unchanged (up to float
+    rounding: the matrices have other shapes); the work and the attention's quadratic cost shrink to the rows'."""
+    mask = ro.attention_mask[rows]  # (n, Lp + T)
+    lp = ro.prompt_length
+    start = int(mask[:, :lp].int().argmax(1).min())  # the first column any of the rows' prompts uses
+    t = max(1, int(ro.response_mask[rows].sum(1).max()))  # the longest response (EOS included)
+    return ro.input_ids[rows][:, start:lp + t], mask[:, start:lp + t], lp - start, t
+
+
 @dataclasses.dataclass
 class Behaviour:
     """Step 5's result: the behaviour policy on this rank's rows, and which rows the passes run on."""
@@ -161,9 +173,13 @@ class Objective:
         return Behaviour(mask, adv_tok, logp, entropy, expected_u, live, passed, micro, diagnose)
 
     def _stats(self, model, ro: Rollouts, rows: Tensor, *, entropy_grad: bool = False) -> dict:
-        return response_token_stats(model, ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length,
-                                    temperature=self.cfg.rollout.temperature, chunk=self.cfg.logprob_chunk,
-                                    with_expected_u=self.need_u, entropy_grad=entropy_grad)
+        """response_token_stats of `rows`, run at the rows' own width: the columns every one of them pads (left of
+        the longest prompt, right of the longest response) are cut off, and the results padded back with 0."""
+        ids, mask, lp, t = trim_padding(ro, rows)
+        out = response_token_stats(model, ids, mask, lp, temperature=self.cfg.rollout.temperature,
+                                   chunk=self.cfg.logprob_chunk, with_expected_u=self.need_u, entropy_grad=entropy_grad)
+        width = ro.response_mask.shape[1]
+        return {k: torch.nn.functional.pad(v, (0, width - t)) for k, v in out.items()}  # (n, T), 0 past the longest
 
     # ---------------------------------------------------------------- 6-7. the update's rows
     def mini_batches(self, model, ro: Rollouts, old: Behaviour, *, step: int, rank: int, prompt_index: Tensor):

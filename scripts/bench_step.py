@@ -17,6 +17,8 @@ Parts (PARTS below maps a name to a function returning table rows; a new part is
             contender, the sampler's worst case).
   zero_adv  seconds in old log-probs + update of whole train.py runs (the main job's config and GRPO's, --za-steps
             steps from the shipped start), skip_zero_advantage false against true, the runs alternated.
+  padding   the old-log-prob pass with each micro-batch at its own width (objective.trim_padding) against the
+            full padded width, on SmolLM2-135M's shape with uneven response lengths; log-probs compared.
   logprobs  peak memory and time of dynamo.logprobs.response_token_stats against the naive form (logits for
             all positions, log_softmax, gather, entropy), forward alone (no_grad) and forward + backward of a
             weighted sum of the log-probs, temperature 0.7; values and gradients are compared (max |diff|).
@@ -389,7 +391,62 @@ def part_zero_adv(args) -> list[dict]:
 # A part is a function (parsed arguments) -> rows of the table (dicts with the keys print_table reads); a new
 # part (e.g. the update with and without the zero-advantage rows) is one more entry here, with its options in
 # main() and, if it measures memory in a subprocess, its measurement function in MEASURES.
-PARTS = {"sampler": part_sampler, "logprobs": part_logprobs, "zero_adv": part_zero_adv}
+# ---------------------------------------------------------------------------------------------------------
+# padding: the old-log-prob pass at each micro-batch's own width against the full padded width
+
+
+def part_padding(args) -> list[dict]:
+    """Objective's pass over a rank's rows in micro-batches of --pad-micro rows, each run at the rows' own width
+    (objective.trim_padding) against the full width every micro-batch had before (longest prompt + longest
+    response of the step). Model: random, SmolLM2-135M's shape (a Llama: width 576, 30 layers, 9 heads, 3 KV
+    heads, MLP 1536, V 49,152), float32. Responses of uneven lengths: most short, a few long (--pad-lengths)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from dynamo.objective import trim_padding
+    from dynamo.rollout import Rollouts
+    torch.manual_seed(0)
+    layers = 2 if args.quick else 30
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    short, long, n_long = args.pad_lengths
+    n, lp, micro = args.pad_rows, 64, args.pad_micro
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(short // 2, short + 1, (n,), generator=g)
+    lengths[torch.randperm(n, generator=g)[:n_long]] = long  # the step's longest rows, anywhere in the order
+    t = int(lengths.max())
+    resp = (torch.arange(t)[None, :] < lengths[:, None]).long()  # (N, T)
+    prompt_len = torch.randint(lp // 2, lp + 1, (n,), generator=g)
+    prompt_att = (torch.arange(lp)[None, :] >= lp - prompt_len[:, None]).long()  # left padding
+    ro = Rollouts(input_ids=torch.randint(0, 49152, (n, lp + t), generator=g),
+                  attention_mask=torch.cat([prompt_att, resp], 1), response_mask=resp,
+                  prompt_index=torch.arange(n), truncated=torch.zeros(n, dtype=torch.bool), prompt_length=lp)
+    batches = [torch.arange(s, min(n, s + micro)) for s in range(0, n, micro)]
+
+    def padded():
+        with torch.no_grad():
+            return [response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], lp)["logp"] for r in batches]
+
+    def trimmed():
+        out = []
+        with torch.no_grad():
+            for r in batches:
+                ids, att, p, w = trim_padding(ro, r)
+                out.append(F.pad(response_token_stats(model, ids, att, p)["logp"], (0, t - w)))
+        return out
+
+    diff = max(((a - b).abs() * resp[r]).max().item() for a, b, r in zip(padded(), trimmed(), batches))
+    times = interleaved({"padded": padded, "trimmed": trimmed}, args.repeats)
+    cells = sum(len(r) * (lp + t) for r in batches)
+    kept = sum(trim_padding(ro, r)[0].numel() for r in batches)
+    return [{"part": "padding", "case": f"{n} rows, {micro} per micro-batch", "time_s": statistics.median(times["trimmed"]),
+             "baseline_s": statistics.median(times["padded"]), "time_ratio": ratio(times["padded"], times["trimmed"]),
+             "peak_mib": None, "mem_ratio": None,
+             "note": f"speed = padded/trimmed; tokens run {kept / cells:.2f} of the padded; responses "
+                     f"{short // 2}-{short} tokens, {n_long} of {long}; max |logp diff| {diff:.1e}"}]
+
+
+PARTS = {"sampler": part_sampler, "logprobs": part_logprobs, "zero_adv": part_zero_adv, "padding": part_padding}
 MEASURES = {"sampler": measure_sampler, "logprobs": measure_logprobs}  # kind -> fn(spec dict) -> JSON-able dict
 
 
@@ -428,6 +485,10 @@ def main() -> None:
     parser.add_argument("--lp-big-size", type=int, nargs=2, default=[64, 512], metavar=("ROWS", "TOKENS"),
                         help="logprobs: size measured for the chunked form alone (0 0: skip)")
     parser.add_argument("--za-steps", type=int, default=16, help="zero_adv: RL steps per train.py run")
+    parser.add_argument("--pad-rows", type=int, default=32, help="padding: rows of the step")
+    parser.add_argument("--pad-micro", type=int, default=8, help="padding: rows per micro-batch")
+    parser.add_argument("--pad-lengths", type=int, nargs=3, default=[128, 512, 2], metavar=("SHORT", "LONG", "N_LONG"),
+                        help="padding: most responses SHORT/2..SHORT tokens, N_LONG of them LONG")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one memory measurement, JSON spec
     args = parser.parse_args()
     if args.measure:
@@ -439,6 +500,7 @@ def main() -> None:
     if args.quick:
         args.vocab, args.rows, args.cache, args.hidden, args.layers, args.repeats = 4096, [8], 16, 64, 1, 1
         args.lp_hidden, args.lp_naive_size, args.lp_big_size, args.za_steps = 64, [2, 32], [4, 32], 1
+        args.pad_rows, args.pad_micro, args.pad_lengths = 8, 4, [16, 48, 1]
     if args.lp_big_size == [0, 0]:
         args.lp_big_size = None
     print(f"bench_step: V={args.vocab}, {args.threads} threads, {args.repeats} repeats"

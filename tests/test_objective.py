@@ -141,3 +141,33 @@ def test_bf16_weights_are_refused_with_the_way_that_works():
     with pytest.raises(ConfigError, match="parallel.mixed_precision=bf16"):
         load_config(["dtype=bfloat16"])
     assert load_config([]).tf32  # TF32 matmuls on CUDA unless switched off
+
+
+def test_each_micro_batch_runs_at_its_own_width_with_the_padded_results():
+    """Objective's passes cut the columns all of a micro-batch's rows pad (objective.trim_padding): log-probs,
+    entropies and gradients equal the full-width computation's up to float rounding."""
+    from dynamo.logprobs import response_token_stats
+    from dynamo.objective import trim_padding
+    from tests.helpers import SHIPPED_START
+    model, tok = load_pretrained(SHIPPED_START)
+    ro = sample(model, tok, ["1+2=", "123+456=", "7*8="], [3, 3, 2], seeds=[1, 2, 3], temperature=1.0, top_p=1.0,
+                max_new_tokens=40)
+    lengths = ro.response_mask.sum(1)
+    assert lengths.min() < lengths.max()  # precondition: uneven rows
+    rows = torch.tensor([0, 1, 6, 7])  # the short prompt and the last one: both sides are cut
+    ids, mask, lp, t = trim_padding(ro, rows)
+    assert ids.shape[1] < ro.input_ids.shape[1] and lp <= ro.prompt_length and t == int(lengths[rows].max())
+    objective = Objective(config("grpo", "loss.entropy_coef=0.01"), model, CPU)
+    valid = ro.response_mask[rows].bool()
+    got = objective.current_stats(model, ro, rows)
+    full = response_token_stats(model, ro.input_ids[rows], ro.attention_mask[rows], ro.prompt_length,
+                                entropy_grad=True)
+    for key in ("logp", "entropy"):
+        assert got[key].shape == full[key].shape
+        assert torch.allclose(got[key][valid], full[key][valid], atol=1e-5), key
+    grads = []
+    for out in (got, full):
+        model.zero_grad()
+        ((out["logp"] + 0.1 * out["entropy"]) * valid).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
