@@ -131,6 +131,11 @@ class Objective:
         self.select_mini_batch = self.selects and lc.select_scope == "mini_batch"
         self.w_reinforce = lc.advantage == "w_reinforce"
         self.shape = lc.entropy_adv_alpha > 0  # Entropy Advantages
+        # Rows sorted by length before they are cut into micro-batches (each then runs at its own width: less
+        # padding), only where the grouping changes nothing but float rounding: not with micro-batch-scope
+        # factors (their normalisers are per micro-batch) nor micro-scope token selection (per micro-batch too).
+        self.sort_rows = not ((mod.compensation or mod.stabilization) and mod.scope == "micro_batch") and not (
+            self.selects and lc.select_scope == "micro")
 
     def describe(self) -> str:
         """The start-of-run line saying what happens to rows with advantage 0, and why."""
@@ -161,6 +166,7 @@ class Objective:
         live = adv != 0 if self.skip else torch.ones(n, dtype=torch.bool)  # (N,)
         diagnose = bool(mod.diagnose_every) and step % mod.diagnose_every == 0
         passed = torch.arange(n) if mod.scope == "step" or diagnose else rows_to_run(live, self.sharded)
+        passed = self._by_length(ro, passed)
         micro = [passed[s:s + cfg.micro_batch_size] for s in range(0, len(passed), cfg.micro_batch_size)]
         logp, entropy = mask.new_zeros(mask.shape), mask.new_zeros(mask.shape)  # (N, T)
         expected_u = mask.new_zeros(mask.shape) if self.need_u else None  # (N, T)
@@ -196,9 +202,17 @@ class Objective:
             weights = token_weights(old.mask[rows], prompt_index[rows], cfg.loss.aggregation,
                                     dist.all_reduce_sum)  # (n_mb, T) the mini-batch's denominator, all ranks
             at = rows_to_run(old.live[rows], self.sharded)  # positions in `rows`
+            at = at[self._by_length(ro, rows[at], positions=True)] if self.sort_rows else at
             select = self._mini_batch_selection(model, ro, old, rows, k, select_gen) if self.select_mini_batch else None
             yield [Micro(rows[a], weights[a], None if select is None else select.rows(a), select_gen)
                    for a in (at[s:s + cfg.micro_batch_size] for s in range(0, len(at), cfg.micro_batch_size))]
+
+    def _by_length(self, ro: Rollouts, rows: Tensor, positions: bool = False) -> Tensor:
+        """`rows` longest response first (stable), where sort_rows; with `positions`, the order as positions."""
+        if not self.sort_rows:
+            return torch.arange(len(rows)) if positions else rows
+        order = torch.argsort(ro.response_mask[rows].sum(1).cpu(), descending=True, stable=True)
+        return order if positions else rows[order]
 
     def _mini_batch_selection(self, model, ro: Rollouts, old: Behaviour, rows: Tensor, k: int,
                               generator: torch.Generator) -> Selection:

@@ -427,23 +427,30 @@ def part_padding(args) -> list[dict]:
         with torch.no_grad():
             return [response_token_stats(model, ro.input_ids[r], ro.attention_mask[r], lp)["logp"] for r in batches]
 
-    def trimmed():
+    by_length = torch.argsort(lengths, descending=True, stable=True)  # Objective's order where sorting is exact
+    sorted_batches = [by_length[s:s + micro] for s in range(0, n, micro)]
+
+    def trimmed(groups):
         out = []
         with torch.no_grad():
-            for r in batches:
+            for r in groups:
                 ids, att, p, w = trim_padding(ro, r)
                 out.append(F.pad(response_token_stats(model, ids, att, p)["logp"], (0, t - w)))
         return out
 
-    diff = max(((a - b).abs() * resp[r]).max().item() for a, b, r in zip(padded(), trimmed(), batches))
-    times = interleaved({"padded": padded, "trimmed": trimmed}, args.repeats)
+    diff = max(((a - b).abs() * resp[r]).max().item() for a, b, r in zip(padded(), trimmed(batches), batches))
+    times = interleaved({"padded": padded, "trimmed": lambda: trimmed(batches),
+                         "sorted": lambda: trimmed(sorted_batches)}, args.repeats)
     cells = sum(len(r) * (lp + t) for r in batches)
-    kept = sum(trim_padding(ro, r)[0].numel() for r in batches)
-    return [{"part": "padding", "case": f"{n} rows, {micro} per micro-batch", "time_s": statistics.median(times["trimmed"]),
-             "baseline_s": statistics.median(times["padded"]), "time_ratio": ratio(times["padded"], times["trimmed"]),
-             "peak_mib": None, "mem_ratio": None,
-             "note": f"speed = padded/trimmed; tokens run {kept / cells:.2f} of the padded; responses "
-                     f"{short // 2}-{short} tokens, {n_long} of {long}; max |logp diff| {diff:.1e}"}]
+    table = []
+    for name, groups in (("trimmed", batches), ("sorted", sorted_batches)):
+        kept = sum(trim_padding(ro, r)[0].numel() for r in groups)
+        table.append({"part": "padding", "case": f"{name} {n} rows, {micro} a micro", "time_s": statistics.median(times[name]),
+                      "baseline_s": statistics.median(times["padded"]), "time_ratio": ratio(times["padded"], times[name]),
+                      "peak_mib": None, "mem_ratio": None,
+                      "note": f"speed = padded/{name}; tokens run {kept / cells:.2f} of the padded; responses "
+                              f"{short // 2}-{short} tokens, {n_long} of {long}; max |logp diff| {diff:.1e}"})
+    return table
 
 
 PARTS = {"sampler": part_sampler, "logprobs": part_logprobs, "zero_adv": part_zero_adv, "padding": part_padding}
