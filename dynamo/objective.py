@@ -133,9 +133,9 @@ class Objective:
         self.shape = lc.entropy_adv_alpha > 0  # Entropy Advantages
         # Rows sorted by length before they are cut into micro-batches (each then runs at its own width: less
         # padding), only where the grouping changes nothing but float rounding: not with micro-batch-scope
-        # factors (their normalisers are per micro-batch) nor micro-scope token selection (per micro-batch too).
-        self.sort_rows = not ((mod.compensation or mod.stabilization) and mod.scope == "micro_batch") and not (
-            self.selects and lc.select_scope == "micro")
+        # factors (their normalisers are per micro-batch) nor with token selection (per micro-batch at micro scope;
+        # at mini-batch scope its quantile and top-k are decided at ties, which rounding moves).
+        self.sort_rows = not ((mod.compensation or mod.stabilization) and mod.scope == "micro_batch") and not self.selects
 
     def describe(self) -> str:
         """The start-of-run line saying what happens to rows with advantage 0, and why."""
