@@ -309,15 +309,11 @@ def _linear(e):
     atoms = calls | {x for x in e.free_symbols if not any(x in f.free_symbols for f in calls)}
     if len(atoms) != 1:
         return None
-    v, t = atoms.pop(), sympy.Dummy("t")
-    et = e.xreplace({v: t})
-    try:
-        a = sympy.diff(et, t)
-        b = et.xreplace({t: sympy.S.Zero})
-    except (ArithmeticError, ValueError, TypeError, AttributeError, NotImplementedError):
-        return None
-    if a.free_symbols or b.free_symbols:
+    v = atoms.pop()
+    ab = _affine(e, v)
+    if ab is None:
         return None  # not linear (x^2 < 4), or a second variable
+    a, b = ab
     va, vb = _value(a), _value(b)
     if va is None or vb is None or abs(va[1]) > _TINY or abs(vb[1]) > _TINY or abs(va[0]) < _TINY:
         return None
