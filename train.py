@@ -22,14 +22,13 @@ import sys
 import time
 
 from dynamo import checkpoint, distributed as dist
-from dynamo.allocator import step_counts
 from dynamo.config import run_identity
-from dynamo.evaluate import evaluate_run
+from dynamo.evaluate import evaluate_run, evaluation_due
 from dynamo.launch import device_of, read_config, start
 from dynamo.modulator import entropy_change_corr, factor_stats, modulate, step_normalisers
 from dynamo.objective import Objective, UpdateTally, baseline_stats
 from dynamo.reward import verify
-from dynamo.rollout import decode_responses, derive_seed, sample
+from dynamo.rollout import decode_responses, sample
 from dynamo.step_metrics import (StepGather, console_line, open_logs, step_sums, summarise, train_row, write_row,
                                  write_samples)
 
@@ -44,7 +43,7 @@ def main(argv: list[str]) -> None:
     state, data = start(cfg, device, log)  # out_dir claimed; the policy, the data, the run state (fresh or resumed)
     if state is None:  # out_dir holds this run, finished
         return dist.shutdown()
-    model, tokenizer, rl_seed = state.model, state.tokenizer, cfg.rl_seed_resolved  # rl_seed: RL's seed, or seed
+    model, tokenizer = state.model, state.tokenizer
     objective = Objective(cfg, model, device)  # the loss side, decided once: rows, the baselines' switches
     metrics_file, samples_file = open_logs(cfg.out_dir, state.step + 1)  # rank 0's; None on the others
     log(objective.describe())
@@ -52,36 +51,33 @@ def main(argv: list[str]) -> None:
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit
     if state.first_eval is None and state.first_benchmarks is None:
         state.first_eval, state.first_benchmarks = run_eval(0)
+    draw = functools.partial(sample, model, tokenizer, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                             max_new_tokens=cfg.rollout.max_new_tokens, max_rows=data.rows_per_call)
     t_start = time.time()
 
     # ---------------------------------------------------------------- loop (docs/ALGORITHM.md §9)
     for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.time()
-        # 1. allocate: draw this step's prompts (rank r takes every world-th one); share the same rollout
-        #    total on every rank among its own prompts, by priority (§2-§3)
-        batch, new_epoch = state.order.next(cfg.prompts_per_step)
-        mine = batch[rank::world]
-        problems = [data.pool[i] for i in mine]
-        counts = step_counts(cfg, state.prompt_stats, [p.prompt_id for p in problems], new_epoch,
-                             [state.oracle[i] for i in mine] if state.oracle else None)  # allocation: oracle
-        # 2. sample with the KV cache; response j of a prompt is seeded by (seed, step, prompt id, j) alone,
-        #    so neither resume, evaluation, the batch split nor the number of ranks changes what is drawn
-        with dist.gathered(model, cfg.parallel.unshard_for_rollout):
-            ro = sample(model, tokenizer, [data.pool_prompts[i] for i in mine], counts,
-                        seeds=[derive_seed(rl_seed, "rollout", step, p.prompt_id) for p in problems],
-                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                        max_new_tokens=cfg.rollout.max_new_tokens, max_rows=data.rows_per_call)
-        texts, t_gen = decode_responses(tokenizer, ro), time.time() - t0
-        # 3. verify each response against its own prompt's reference (joined by prompt_index, §8), then
-        #    update the statistics: every rank gets every response's own (prompt id, correct) pair
-        pidx = ro.prompt_index  # (N,)
-        correct, verifier_counts = verify(texts, [problems[i].answer for i in pidx.tolist()], cfg.reward.extraction)
-        alloc_view = StepGather.of(problems, counts, state.prompt_stats, correct, pidx)  # what the allocation saw
-        parts = dist.all_gather_objects(([problems[i].prompt_id for i in pidx.tolist()], correct.tolist(), alloc_view))
-        for rollout_ids, rollout_correct, _ in parts:  # every rank's responses, in rank order
-            state.prompt_stats.update(rollout_ids, rollout_correct)
+        # 1-3 run in rounds (dynamo/collect.py): one for uniform, dynamo and knapsack; dapo, greso and
+        #     reinforce_ada draw more until the step's groups are complete. 1. allocate: this step's prompts (rank r
+        #     takes every world-th one) and rollouts per prompt, by priority (§2-§3) or the method's rule
+        rounds = state.method.rounds(state, data, step)
+        for r in rounds:
+            # 2. sample with the KV cache; response j of a prompt is seeded by (seed, step, prompt id, j) alone
+            #    (and the round after the first), so neither resume, evaluation, the batch split nor the number
+            #    of ranks changes what is drawn
+            with dist.gathered(model, cfg.parallel.unshard_for_rollout):
+                ro = draw(r.prompts, r.counts, seeds=r.seeds)
+            texts = decode_responses(tokenizer, ro)
+            # 3. verify each response against its own prompt's reference (joined by prompt_index, §8); every
+            #    rank's (prompt id, correct) pairs update the statistics on every rank
+            correct, verifier_counts = verify(texts, [r.problems[i].answer for i in ro.prompt_index.tolist()],
+                                              cfg.reward.extraction)
+            rounds.add(ro, texts, correct, verifier_counts)
+        got, t_gen = rounds.batch(), time.time() - t0  # the training groups on this rank; the step's telemetry
+        ro, pidx, correct = got.ro, got.ro.prompt_index, got.correct  # (N,) rows of the groups
         # 4. advantages: normalised within the rollouts of each prompt, any group size (§4)
-        adv = objective.advantages(correct, pidx)  # (N,)
+        adv = objective.advantages(correct, pidx, got.statistics)  # (N,)
         # 5. old log-probs and entropies of the behaviour policy (no grad), on the rows the update needs
         t1 = time.time()
         old = objective.behaviour(model, ro, adv, step)
@@ -103,33 +99,36 @@ def main(argv: list[str]) -> None:
             tally.grad_norm += state.optimizer_step(cfg.optim) / cfg.mini_batches  # zero-fill, sum, clip, step
         state.scheduler.step()
         # 8. log (this rank's sums, one reduction over ranks), samples, evaluate, checkpoint
-        state.step = step
-        sums = step_sums(ro, correct, adv, old, tally, groups=len(problems), verifier=verifier_counts,
+        state.step, last = step, step == cfg.steps or state.method.spent()  # spent: rollout_budget reached
+        sums = step_sums(ro, correct, adv, old, tally, groups=len(got.problems), verifier=got.verifier,
                          times={"generate": t_gen, "logprobs": t_logp, "update": time.time() - t1 - t_logp}).reduced()
         row = train_row(step, sums, world=world, grad_norm=tally.grad_norm, skipped=state.skipped,
                         lr=state.scheduler.get_last_lr()[0], t_step=time.time() - t0)
         log(console_line(row, clip=cfg.mini_batches > 1))  # one mini-batch: ratios are 1, nothing clipped
-        row.update(StepGather.telemetry([part for _, _, part in parts]) | baseline_stats(cfg.loss, sums)
+        row.update(StepGather.telemetry(got.views) | got.telemetry | baseline_stats(cfg.loss, sums)
                    | factor_stats(tally.factors))
         if old.diagnose:  # every diagnose_every steps: predicted against measured entropy change
             row["modulation/entropy_change_corr"] = entropy_change_corr(cfg, model, ro, old)
         write_row(metrics_file, row)
         if samples_file and cfg.sample_every and step % cfg.sample_every == 0:  # rank 0's rows
-            write_samples(samples_file, step, cfg.samples_per_step, problems, counts, pidx, texts, correct, adv)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            write_samples(samples_file, step, cfg.samples_per_step, got.problems, got.counts, pidx, got.texts,
+                          correct, adv)
+        if evaluation_due(cfg, step, got.telemetry) and not last:
             run_eval(step)
         stop = stop_request.agreed()  # every rank stops after the same step
-        if (stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)) and step != cfg.steps:
+        if (stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)) and not last:
             state.save(cfg)  # (the last step's evaluation and checkpoint are finish()'s)
-        if stop and step != cfg.steps:
+        if stop and not last:
             stop_request.exit(step, stop)  # "resume with resume=auto", exit status 128 + the signal
+        if last:
+            break
     finish(cfg, argv, state, run_eval, stop_request, log, t_main, t_start)
 
 
 def finish(cfg, argv, state, run_eval, stop_request, log, t_main: float, t_start: float) -> None:
     """The end of a run: the last evaluation, the final checkpoint (out_dir/final) and summary.json, which is
     written even without a held-out split or eval_data: it carries the run's identity."""
-    last_eval, last_bench = run_eval(cfg.steps)
+    last_eval, last_bench = run_eval(state.step)
     path = state.save(cfg)
     if dist.is_main():
         checkpoint.mark_final(cfg.out_dir, path)

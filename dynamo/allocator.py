@@ -452,6 +452,10 @@ class PromptStats:
                 break
         return G, k
 
+    def visits(self, prompt_id) -> list[list[int]]:
+        """Every group (n, k) this prompt has had, oldest first (GRESO's streaks read them)."""
+        return self._visits.get(_key(prompt_id), [])
+
     def pass_rate(self, prompt_id) -> float | None:
         """Live cumulative estimate k / G, or None for a prompt never sampled (telemetry; the memory does not
         change it, so logged pass-rate bins mean the same under every memory)."""

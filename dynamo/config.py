@@ -59,6 +59,43 @@ class AllocatorConfig:
 
 
 @dataclass
+class DapoConfig:  # allocation: dapo (and greso's refill); docs/COMPARISON.md, "Prompt allocation"
+    gen_batch_size: int = 0  # prompts per generation batch; 0 = prompts_per_step (the official scripts draw 3x)
+    max_gen_batches: int = 10  # most generation batches per step (official scripts: 10; 0 = no limit)
+    at_cap: str = "train"  # when the cap is hit short of prompts_per_step kept groups: 'train' on those kept
+    # (dapo/cap_hit logs it) | 'stop' the run with the official error
+
+
+@dataclass
+class GresoConfig:  # allocation: greso (official values)
+    p_easy: float = 0.5  # start of the easy keep-probability base (skip: 1 - max(p_easy^streak, floor))
+    p_hard: float = 0.5  # start of the hard one
+    target_zero_variance: float = 0.25  # zero-variance share aimed at: easy target / 3, hard target * 2 / 3
+    adapt_step: float = 0.01  # move of p_easy, p_hard after each step (from the second epoch on)
+    p_min: float = 0.05  # lower bound of p_easy, p_hard
+    p_max: float = 0.95  # upper bound of p_easy, p_hard
+    floor: float = 0.01  # smallest keep probability: a prompt is skipped with at most 1 - floor
+
+
+@dataclass
+class KnapsackConfig:  # allocation: knapsack (official values)
+    min_n: int = 2  # rollouts of a prompt with an estimated pass rate of 0 or 1, and every prompt's least
+    max_n: int = 128  # most rollouts the programme gives a prompt (the fallback's excess may exceed it)
+    min_history: int = 8  # rollouts seen before a prompt has an estimate (fewer: it gets rollouts_per_prompt)
+    recent: int = 16  # the estimate: its latest group's mean reward, or its `recent` latest rewards' if fewer
+    alpha: float = 0.9  # cost estimate: rollouts for a group that is not all equal with probability alpha
+
+
+@dataclass
+class ReinforceAdaConfig:  # allocation: reinforce_ada (official values; n = rollouts_per_prompt)
+    round_rollouts: int = 8  # M: rollouts per active prompt per round
+    max_rounds: int = 4  # R: most rounds per step
+    exit: str = "balanced"  # a prompt leaves when it has n/2 correct and n/2 wrong ('balanced') or one correct
+    # ('positive_focused')
+    std_normalise: bool = False  # A = (r - mean) / std over every sample drawn; false: r - mean (official script)
+
+
+@dataclass
 class LossConfig:
     eps_low: float = 0.2  # PPO clip below: ratio >= 1 - eps_low
     eps_high: float = 0.28  # PPO clip above (clip-higher); the official run uses 0.28 (docs/ALGORITHM.md §6)
@@ -148,6 +185,8 @@ class Config:
     prompts_per_step: int = 16  # P: prompts per step (all ranks together)
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
     allocation: str = "dynamo"  # 'dynamo' (docs/ALGORITHM.md §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
+    # | the field's methods (docs/COMPARISON.md, "Prompt allocation"): 'dapo' | 'greso' | 'knapsack' | 'reinforce_ada'
+    rollout_budget: int = 0  # stop after the step at which this many rollouts were generated in all (0: run `steps`)
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # most response positions per LM-head block in log-probs/entropy (memory bound;
@@ -157,6 +196,7 @@ class Config:
     # then see the updated rows only), 'false' never
     activation_checkpointing: bool = False  # recompute each decoder layer in backward (memory for time)
     eval_every: int = 20  # held-out evaluation every k steps (0 = only at start and end)
+    eval_every_rollouts: int = 0  # also after each step that crosses a multiple of this many generated rollouts
     eval_prompts: int = 256  # held-out prompts per evaluation
     eval_samples: int = 4  # samples per held-out prompt (temperature from rollout)
     eval_data: list = field(default_factory=list)  # benchmark JSONL files evaluated like the held-out split (step 0,
@@ -173,6 +213,10 @@ class Config:
     # built-in task: the difficulty levels in use (addK: K-digit + K-digit, mulK: K-digit x 1-digit)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
+    dapo: DapoConfig = field(default_factory=DapoConfig)
+    greso: GresoConfig = field(default_factory=GresoConfig)
+    knapsack: KnapsackConfig = field(default_factory=KnapsackConfig)
+    reinforce_ada: ReinforceAdaConfig = field(default_factory=ReinforceAdaConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     modulation: ModulationConfig = field(default_factory=ModulationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -196,7 +240,9 @@ CHOICES = {
     "rollout.too_long": ("stop", "skip"),
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "bfloat16"),
-    "allocation": ("uniform", "dynamo", "oracle"),
+    "allocation": ("uniform", "dynamo", "oracle", "dapo", "greso", "knapsack", "reinforce_ada"),
+    "dapo.at_cap": ("train", "stop"),
+    "reinforce_ada.exit": ("balanced", "positive_focused"),
     "allocator.weight": ("variance", "std"),
     "allocator.rule": ("official", "water_level"),
     "allocator.refresh": ("epoch", "step"),
@@ -274,6 +320,40 @@ def _set(cfg, path: str, value) -> None:
                 raise ConfigError(f"config key '{path}': '{name}' is not a section")
 
 
+def _check_methods(cfg: Config) -> None:
+    """The field's allocation methods' sections (docs/COMPARISON.md, "Prompt allocation")."""
+    d, g, k, r, n = cfg.dapo, cfg.greso, cfg.knapsack, cfg.reinforce_ada, cfg.rollouts_per_prompt
+    uses = {"dapo": ("dapo", "greso"), "greso": ("greso",), "knapsack": ("knapsack",),
+            "reinforce_ada": ("reinforce_ada",)}
+    for section, methods in uses.items():  # a section set for another method would do nothing
+        if cfg.allocation not in methods and to_dict(getattr(cfg, section)) != to_dict(type(getattr(cfg, section))()):
+            raise ConfigError(f"config section '{section}' acts only with allocation={' or '.join(methods)}, and "
+                              f"allocation is {cfg.allocation!r}")
+    rules = [("dapo.gen_batch_size", d.gen_batch_size >= 0, ">= 0 (0: prompts_per_step)"),
+             ("dapo.max_gen_batches", d.max_gen_batches >= 0, ">= 0 (0: no limit)"),
+             ("greso.p_easy", 0 < g.p_easy <= 1, "in (0, 1]"), ("greso.p_hard", 0 < g.p_hard <= 1, "in (0, 1]"),
+             ("greso.p_min", 0 < g.p_min <= g.p_max <= 1, "in (0, greso.p_max], p_max <= 1"),
+             ("greso.target_zero_variance", 0 <= g.target_zero_variance <= 1, "in [0, 1]"),
+             ("greso.floor", 0 < g.floor <= 1, "in (0, 1]"), ("greso.adapt_step", g.adapt_step >= 0, ">= 0"),
+             ("knapsack.min_n", 1 <= k.min_n <= n, f"in [1, rollouts_per_prompt = {n}]"),
+             ("knapsack.max_n", k.max_n >= max(k.min_n, 2), ">= knapsack.min_n and >= 2"),
+             ("knapsack.min_history", k.min_history >= 1, ">= 1"), ("knapsack.recent", k.recent >= 1, ">= 1"),
+             ("knapsack.alpha", 0 < k.alpha < 1, "in (0, 1)"),
+             ("reinforce_ada.round_rollouts", r.round_rollouts >= 1, ">= 1"),
+             ("reinforce_ada.max_rounds", r.max_rounds >= 1 and r.max_rounds * r.round_rollouts >= n,
+              f">= 1, with max_rounds * round_rollouts >= rollouts_per_prompt = {n} (a full group)"),
+             ("rollout_budget", cfg.rollout_budget >= 0, ">= 0 (0: run `steps` steps)"),
+             ("eval_every_rollouts", cfg.eval_every_rollouts >= 0, ">= 0 (0: off)")]
+    for key, ok, rule in rules:
+        if not ok:
+            section, _, name = key.rpartition(".")
+            raise ConfigError(f"config key '{key}' = {getattr(getattr(cfg, section) if section else cfg, name)} "
+                              f"must be {rule}")
+    if d.gen_batch_size and d.gen_batch_size < cfg.prompts_per_step:
+        raise ConfigError(f"config key 'dapo.gen_batch_size' = {d.gen_batch_size} must be 0 or >= prompts_per_step "
+                          f"= {cfg.prompts_per_step} (a generation batch draws at least a step's prompts)")
+
+
 def _check(cfg: Config) -> None:
     """Inconsistent values stop the run here, each message naming its key."""
     flat = to_dict(cfg)
@@ -307,7 +387,8 @@ def _check(cfg: Config) -> None:
     if a.n_min < 1 or a.n_min > a.n_max:
         raise ConfigError(f"config keys 'allocator.n_min' = {a.n_min} and 'allocator.n_max' = {a.n_max}: "
                           "need 1 <= n_min <= n_max")
-    if cfg.allocation != "uniform" and not a.n_min <= cfg.rollouts_per_prompt <= a.n_max:
+    _check_methods(cfg)
+    if cfg.allocation in ("dynamo", "oracle") and not a.n_min <= cfg.rollouts_per_prompt <= a.n_max:
         raise ConfigError(f"config key 'rollouts_per_prompt' = {cfg.rollouts_per_prompt}: the step's budget P * n = "
                           f"{cfg.prompts_per_step * cfg.rollouts_per_prompt} rollouts cannot be spread with every prompt "
                           f"in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}] (it needs n between them): "

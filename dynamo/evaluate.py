@@ -145,3 +145,12 @@ def standard_error(xs) -> float:
         return float("nan")
     m = mean(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
+
+
+def evaluation_due(cfg, step: int, telemetry: dict) -> bool:
+    """Evaluate after this step: every eval_every steps, and after each step whose generated rollouts crossed a
+    multiple of eval_every_rollouts (telemetry: the step's rollouts/generated and rollouts/generated_total)."""
+    total, every = telemetry["rollouts/generated_total"], cfg.eval_every_rollouts
+    crossed = bool(every) and (total - telemetry["rollouts/generated"]) // every < total // every
+    return bool(cfg.eval_every and step % cfg.eval_every == 0) or crossed
+

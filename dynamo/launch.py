@@ -51,6 +51,8 @@ def read_config(argv: list[str], usage: str):
     if cfg.prompts_per_step % world:
         sys.exit(f"config error: prompts_per_step = {cfg.prompts_per_step} must be divisible by the "
                  f"{world} ranks (each rank gets the same share)")
+    if (cfg.dapo.gen_batch_size or cfg.prompts_per_step) % world:
+        sys.exit(f"config error: dapo.gen_batch_size = {cfg.dapo.gen_batch_size} must be divisible by the {world} ranks")
     per_rank = cfg.prompts_per_step // world * cfg.rollouts_per_prompt
     if per_rank % cfg.mini_batches:  # each rank splits its own rollouts into the mini-batches
         sys.exit(f"config error: mini_batches = {cfg.mini_batches} must divide each rank's rollouts, "
@@ -97,9 +99,12 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
         dist.barrier()  # rank 0 may have removed an earlier run (overwrite=true)
         if saved:
             checkpoint.check_resumable(resume, saved, to_dict(cfg))
-        if saved and saved["step"] == cfg.steps:  # its logs, summary and final weights stay as they are
+        spent = cfg.rollout_budget and saved and saved.get("method", {}).get("generated", 0) >= cfg.rollout_budget
+        if saved and (saved["step"] == cfg.steps or spent):  # its logs, summary and final weights stay as they are
             log(f"the run in {cfg.out_dir} already finished all {cfg.steps} steps ({resume}): nothing to do; "
-                "raise steps to continue it")
+                "raise steps to continue it" if not spent else f"the run in {cfg.out_dir} already generated "
+                f"{saved['method']['generated']} rollouts of rollout_budget = {cfg.rollout_budget} ({resume}): "
+                "nothing to do; raise rollout_budget to continue it")
             return None, None
         pool, heldout = load_problems(cfg)
         benchmarks = read_benchmarks(cfg.eval_data)  # validation sets, {name: problems}

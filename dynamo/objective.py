@@ -148,10 +148,16 @@ class Objective:
                 "token factors are normalised per micro-batch)"))
 
     # ---------------------------------------------------------------- 4. advantages (§4)
-    def advantages(self, correct: Tensor, prompt_index: Tensor) -> Tensor:
-        """(N,): normalised within each prompt's rollouts, any group size; or W-REINFORCE's fixed weights."""
+    def advantages(self, correct: Tensor, prompt_index: Tensor, statistics: Tensor | None = None) -> Tensor:
+        """(N,): normalised within each prompt's rollouts, any group size; or W-REINFORCE's fixed weights.
+        `statistics` (G, 2): each group's reward mean and std over every sample drawn for it, where the training
+        group is a subset (allocation: reinforce_ada): A = r - mean, divided by std + 1e-6 with std_normalise."""
         if self.w_reinforce:
             return w_reinforce_advantages(correct, self.cfg.loss.w_reinforce_lambda)
+        if statistics is not None:
+            mean, std = statistics[prompt_index, 0], statistics[prompt_index, 1].clamp(min=1e-6)  # (N,)
+            adv = rewards(correct).float() - mean
+            return adv / (std + 1e-6) if self.cfg.reinforce_ada.std_normalise else adv
         return group_advantages(rewards(correct), prompt_index)
 
     # ---------------------------------------------------------------- 5. the behaviour policy (no grad)

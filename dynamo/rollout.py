@@ -39,6 +39,33 @@ class Rollouts:
     def responses(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length:]  # (N, T)
 
+    def select(self, rows: torch.Tensor, prompt_index: torch.Tensor) -> Rollouts:
+        """These rows (a (n,) index), answering the prompts `prompt_index` (n,) of a new numbering."""
+        r = rows.to(self.input_ids.device)
+        return Rollouts(self.input_ids[r], self.attention_mask[r], self.response_mask[r], prompt_index,
+                        self.truncated[rows.to(self.truncated.device)], self.prompt_length, self.eos_ids)
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """Rows of several sample() calls as one batch: prompts left-padded to the longest prompt, responses
+    right-padded to the longest response (padding has attention 0 and mask 0, so no row's tokens or positions
+    change); prompt_index is taken as each part has it (renumber with `select` first). One part: itself."""
+    if len(parts) == 1:
+        return parts[0]
+    lp = max(p.prompt_length for p in parts)
+    t = max(p.response_mask.shape[1] for p in parts)
+    pad = torch.nn.functional.pad
+
+    def widen(p: Rollouts, x: torch.Tensor, value: int) -> torch.Tensor:  # (n, Lp + T) -> (n, lp + t)
+        left, right = lp - p.prompt_length, t - p.response_mask.shape[1]
+        return pad(x, (left, right), value=value)
+
+    return Rollouts(input_ids=torch.cat([widen(p, p.input_ids, pad_id) for p in parts]),
+                    attention_mask=torch.cat([widen(p, p.attention_mask, 0) for p in parts]),
+                    response_mask=torch.cat([pad(p.response_mask, (0, t - p.response_mask.shape[1])) for p in parts]),
+                    prompt_index=torch.cat([p.prompt_index for p in parts]),
+                    truncated=torch.cat([p.truncated for p in parts]), prompt_length=lp, eos_ids=parts[0].eos_ids)
+
 
 def stop_ids(model, tokenizer) -> list[int]:
     """Every token that ends a response: the tokenizer's EOS and each EOS id of the model's generation_config

@@ -15,6 +15,7 @@ import torch
 
 from dynamo import checkpoint, distributed as dist
 from dynamo.allocator import PromptStats
+from dynamo.collect import Method
 from dynamo.config import to_dict
 from dynamo.data import PromptOrder
 
@@ -27,6 +28,7 @@ class RunState:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # linear warm-up, then constant (§6)
     order: PromptOrder  # position in the epoch-wise shuffled prompt order
     prompt_stats: PromptStats  # per-prompt (n, k) per visit: the allocator's only state (§2)
+    method: Method  # how a step's groups are collected (allocation); its state: rollouts so far, GRESO's p's, ...
     step: int = 0  # the last finished RL step
     bad_steps: int = 0  # consecutive optimiser steps skipped for a non-finite gradient norm
     skipped: int = 0  # all such steps so far
@@ -41,7 +43,7 @@ class RunState:
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
         return cls(model, tokenizer, opt, sched, PromptOrder(pool_size, cfg.rl_seed_resolved),
-                   PromptStats.from_config(cfg.allocator))
+                   PromptStats.from_config(cfg.allocator), Method.of(cfg))
 
     def save(self, cfg) -> str:
         """checkpoints/step-{step} (collective: every rank calls it); rank 0 writes the shared fields."""
@@ -52,7 +54,7 @@ class RunState:
                  "prompt_stats": self.prompt_stats.state_dict(), "rng": dist.all_gather_objects(checkpoint.rng_state()),
                  "world_size": dist.world_size(), "bad_steps": self.bad_steps, "skipped": self.skipped,
                  "first_eval": self.first_eval, "first_benchmarks": self.first_benchmarks,
-                 "oracle": self.oracle, "config": to_dict(cfg)}
+                 "oracle": self.oracle, "method": self.method.state_dict(), "config": to_dict(cfg)}
         return checkpoint.save(cfg.out_dir, self.step, self.model, self.tokenizer, self.optimizer, state,
                                keep=cfg.keep_checkpoints)
 
@@ -68,6 +70,8 @@ class RunState:
         self.step, self.bad_steps, self.skipped = state["step"], state["bad_steps"], state["skipped"]
         self.first_eval, self.first_benchmarks = state["first_eval"], state.get("first_benchmarks")  # older: none
         self.oracle = state.get("oracle")
+        if "method" in state:  # older checkpoints: no rollouts counted before
+            self.method.load_state_dict(state["method"])
         log(f"resumed from {path} at step {state['step']}")
         if state["world_size"] != world:  # each rank allocates within its own prompts (§3)
             log(f"note: the checkpoint was written by {state['world_size']} ranks and this run has {world}: "

@@ -50,11 +50,16 @@ PAPER_ARMS = ["grpo", "clip_higher", "entropy_loss", "fork_tokens", "entropy_adv
 # Four optimiser steps per RL step: with one, every update is on-policy (ratio 1), where Clip-Higher and KL-Cov
 # are exactly GRPO; the paper's run takes 16. Same start for every run (the shipped one), seeds to rl_seed.
 COMPARISON = ["mini_batches=4"]
+# --allocation: the field's prompt-allocation methods against GRPO and DynaMO (docs/RESULTS.md §5), every run ending
+# at the main job's 80 x 128 = 10,240 generated rollouts, evaluated every 2,048; seeds to rl_seed (one start).
+ALLOCATION_ARMS = ["grpo", "default", "dapo", "greso", "knapsack", "reinforce_ada"]
+ALLOCATION = ["rollout_budget=10240", "steps=400", "eval_every=0", "eval_every_rollouts=2048"]
 ARM_LABELS = {"grpo": "GRPO", "default": "DynaMO (full)", "no_modulation": "allocation only",
               "uniform_allocation": "modulation only", "compensation_only": "compensation only",
               "stabilization_only": "stabilisation only", "clip_higher": "Clip-Higher",
               "entropy_loss": "Entropy Loss", "fork_tokens": "Fork Tokens", "entropy_adv": "Entropy Advantages",
-              "clip_cov": "Clip-Cov", "kl_cov": "KL-Cov", "w_reinforce": "W-REINFORCE"}
+              "clip_cov": "Clip-Cov", "kl_cov": "KL-Cov", "w_reinforce": "W-REINFORCE", "dapo": "DAPO (dynamic sampling)",
+              "greso": "GRESO", "knapsack": "Knapsack RL", "reinforce_ada": "Reinforce-Ada"}
 # --quick: tiny everything (as tests/test_train_smoke.py); train_pool 8 / 4 prompts per step makes step 3 the
 # first step of epoch 2, so the allocation path runs too (n_min 2 below n = 4 leaves it room to move rollouts,
 # though the quick warm-up solves so little that the priorities are mostly the floor).
@@ -369,6 +374,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="grpo and default, seed 0, 3 tiny steps (a test)")
     parser.add_argument("--comparison", action="store_true", help="the paper's table: GRPO, the seven baselines and "
                         "DynaMO (" + " ".join(COMPARISON) + ", seeds to rl_seed: one shared start)")
+    parser.add_argument("--allocation", action="store_true", help="the allocation methods: GRPO, DynaMO, DAPO, GRESO, "
+                        "Knapsack RL and Reinforce-Ada at equal generated rollouts (" + " ".join(ALLOCATION) + ")")
     parser.add_argument("--reference", help="the arm every other arm is paired with, seed by seed; it must be one of "
                         "--arms (default: grpo when it is; e.g. uniform_allocation for allocation options)")
     parser.add_argument("--aggregate-only", action="store_true", help="no training: tables from the runs on disk")
@@ -383,6 +390,12 @@ def main() -> None:
         args.seed_key = "rl_seed"
         given = {o.split("=", 1)[0] for o in overrides}
         overrides = [o for o in COMPARISON if o.split("=", 1)[0] not in given] + overrides
+    if args.allocation:
+        if args.arms == ARMS:
+            args.arms = ALLOCATION_ARMS
+        args.seed_key = "rl_seed"
+        given = {o.split("=", 1)[0] for o in overrides}
+        overrides = [o for o in ALLOCATION if o.split("=", 1)[0] not in given] + overrides
     if args.quick:
         if args.arms == ARMS:
             args.arms = ["grpo", "default"]
@@ -391,7 +404,7 @@ def main() -> None:
         given = {o.split("=", 1)[0] for o in overrides}  # the user's keys replace the quick ones (never twice)
         overrides = [o for o in QUICK + [f"warmup.cache_dir={os.path.join(args.out, 'cache')}"]
                      if o.split("=", 1)[0] not in given] + overrides
-    elif not any(o.startswith("eval_every=") for o in overrides):
+    elif not any(o.startswith("eval_every=") for o in overrides) and not args.allocation:
         overrides.append("eval_every=20")  # 5 points per curve at 80 steps; evaluation never changes training
     if args.reference is not None and args.reference not in args.arms:
         sys.exit(f"--reference {args.reference} is not one of --arms ({' '.join(args.arms)}): add it there")

@@ -95,10 +95,11 @@ def test_run_state_saves_and_restores_every_field(tmp_path):
     state.scheduler.step()
     state.step, state.bad_steps, state.skipped, state.oracle = 3, 1, 2, [0.5] * 10
     state.first_eval, state.first_benchmarks = {"accuracy": 0.25}, {"bench": {"accuracy": 0.5}}
+    state.method.generated = 77
     path = state.save(cfg)
     saved = checkpoint.load_state(path)
     assert set(saved) == {"step", "scheduler", "order", "prompt_stats", "rng", "world_size", "bad_steps", "skipped",
-                          "first_eval", "first_benchmarks", "oracle", "config"}
+                          "first_eval", "first_benchmarks", "oracle", "method", "config"}
     again = RunState.fresh(cfg, *load_pretrained(path), pool_size=10)
     again.restore(path, saved, log=lambda *a: None)
     for f in dataclasses.fields(RunState):

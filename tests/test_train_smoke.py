@@ -125,5 +125,5 @@ def test_help_lists_every_config_key():
         names = [f"{f.name}.{g.name}" for g in dataclasses.fields(sub)] if dataclasses.is_dataclass(sub) else [f.name]
         for name in names:  # each with its type, default and a one-line meaning
             assert name in rows and rows[name][1], f"config key {name} has no meaning in --help"
-    assert rows["allocation"][0] == 'str = "dynamo" (uniform|dynamo|oracle)'
+    assert rows["allocation"][0] == 'str = "dynamo" (uniform|dynamo|oracle|dapo|greso|knapsack|reinforce_ada)'
     assert '  warmup.shipped bool = true ' in help_text()
