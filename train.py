@@ -1,6 +1,7 @@
 """RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (docs/ALGORITHM.md).
 
-    python train.py --config configs/default.yaml                     # the embedded default, CPU
+    python train.py --config configs/default.yaml                     # the main job: the embedded default, CPU
+    python train.py                                                   # the same (no --config: configs/default.yaml)
     python train.py --config configs/default.yaml steps=10 optim.lr=1e-5 out_dir=runs/try
     torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml   # FSDP2 over 2 ranks
 
