@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
         return dist.shutdown()
     model, tokenizer, rl_seed = state.model, state.tokenizer, cfg.rl_seed_resolved  # rl_seed: RL's seed, or seed
     objective = Objective(cfg, model, device)  # the loss side, decided once: rows, the baselines' switches
-    metrics_file, samples_file = open_logs(cfg.out_dir, state.step + 1)  # rank 0's; None on the others
+    metrics_file, samples_file = open_logs(cfg, state.step + 1, argv)  # rank 0's (+ `loggers`); None elsewhere
     log(objective.describe())
     run_eval = functools.partial(evaluate_run, cfg, model, tokenizer, data, log=log, metrics_file=metrics_file)
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit

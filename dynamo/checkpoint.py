@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import random
 import re
@@ -38,7 +39,9 @@ from dynamo.trust import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "checkpoints", "final")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "checkpoints", "final", "run.json",
+             "wandb")  # run.json: the run's id (dynamo/trackers.py); wandb: the W&B tracker's files (loggers)
+RUN_PATTERNS = ("events.out.tfevents.*",)  # the TensorBoard tracker's event files
 # The config keys a run may change when it resumes: none of them changes what is trained. Any other
 # difference between a checkpoint's resolved config and the resuming run's stops the resume.
 RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -204,10 +207,16 @@ def newest_intact(out_dir: str, log) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
+def _run_names(out_dir: str) -> list[str]:
+    """RUN_FILES, then the files in out_dir that match RUN_PATTERNS."""
+    return [*RUN_FILES, *sorted(os.path.basename(p) for pattern in RUN_PATTERNS
+                                for p in glob.glob(os.path.join(glob.escape(out_dir), pattern)))]
+
+
 def previous_run(out_dir: str) -> list[str]:
     """The outputs of an earlier run found in out_dir (an empty checkpoints/ folder does not count)."""
     found = []
-    for name in RUN_FILES:
+    for name in _run_names(out_dir):
         path = os.path.join(out_dir, name)
         if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
             found.append(name)
@@ -216,7 +225,7 @@ def previous_run(out_dir: str) -> list[str]:
 
 def remove_run(out_dir: str) -> None:
     """Delete an earlier run's outputs (overwrite=true); nothing else in out_dir is touched."""
-    for name in RUN_FILES:
+    for name in _run_names(out_dir):
         path = os.path.join(out_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from dynamo import checkpoint, distributed as dist, memory
+from dynamo import checkpoint, distributed as dist, memory, trackers
 from dynamo.config import (ConfigError, check_machine_and_paths, dump, load_config, resolved_help, to_dict,
                            with_main_config)
 from dynamo.data import check_context, drop_long_prompts, load_problems, read_benchmarks, render
@@ -47,6 +47,7 @@ def read_config(argv: list[str], usage: str):
         return None
     try:
         cfg = load_config(with_main_config(argv))  # no --config: the main job's file
+        trackers.check_installed(cfg.loggers)  # an optional tracker named but not installed stops the run here
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     world = dist.init()[1]
