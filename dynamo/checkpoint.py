@@ -273,15 +273,33 @@ def claim_out_dir(cfg, log) -> tuple[str | None, dict | None]:
             remove_run(cfg.out_dir)
         log(f"overwrite=true: removed the earlier run's {', '.join(old)} from {cfg.out_dir}")
     elif old:
-        saved = os.path.join(cfg.out_dir, "config.yaml")
-        if cfg.resume == "auto" and os.path.exists(saved):
-            with open(saved) as f:
-                if not config_changes(yaml.safe_load(f), dataclasses.asdict(cfg)):
-                    return None, None  # the same run, stopped before its first checkpoint: it starts again
-        raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
-                         "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
-                         "overwrite=true")
+        changes = saved_config_changes(cfg)  # None: no config.yaml to compare with
+        if cfg.resume == "auto" and changes == []:
+            return None, None  # the same run, stopped before its first checkpoint: it starts again
+        raise ValueError(another_run_message(cfg.out_dir, old, changes))
     return None, None
+
+
+def saved_config_changes(cfg) -> list[str] | None:
+    """config_changes from the config.yaml of the run in cfg.out_dir to `cfg`, or None when there is none to read."""
+    saved = os.path.join(cfg.out_dir, "config.yaml")
+    try:
+        with open(saved) as f:
+            old = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return config_changes(old, dataclasses.asdict(cfg)) if isinstance(old, dict) else None
+
+
+def another_run_message(out_dir: str, found: list[str], changes: list[str] | None) -> str:
+    """Why a fresh run may not write into out_dir, and the ways out that work: resume=auto comes first only when the
+    run there was made with a config this one may resume (a different one would be refused by the resume too)."""
+    head = f"out_dir {out_dir!r} holds another run ({', '.join(found)})"
+    elsewhere = "write this run elsewhere with out_dir=..., or delete the old one first with overwrite=true"
+    if changes:
+        return (f"{head}, made with another config ({'; '.join(changes)}), so resume=auto would refuse to continue "
+                f"it: {elsewhere} (to continue it instead: python train.py --config {out_dir}/config.yaml resume=auto)")
+    return f"{head}: continue it with resume=auto, {elsewhere}"
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
