@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 
 import torch
 
@@ -142,6 +143,10 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
     except ValueError as e:
         sys.exit(f"error: {e}")
     state = RunState.fresh(cfg, model, tokenizer, len(pool))
+    # The schedule counts RL steps, so it steps after a step whose optimiser step was skipped (non-finite gradient
+    # norm) too; after a skipped first step PyTorch would take that for a misordered call and warn.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                            r"`optimizer\.step\(\)`")
     if saved:
         try:
             state.restore(resume, saved, log)  # AdamW's state, read as data only
