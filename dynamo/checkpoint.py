@@ -46,7 +46,8 @@ RUN_PATTERNS = ("events.out.tfevents.*",)  # the TensorBoard tracker's event fil
 # difference between a checkpoint's resolved config and the resuming run's stops the resume.
 RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "sample_every", "samples_per_step", "logprob_chunk", "activation_checkpointing", "device",
-                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped", "rollout.max_rows", "tf32")
+                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped", "rollout.max_rows", "tf32",
+                  "loggers")
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
