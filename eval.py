@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on math benchmarks: avg@k, unbiased pass@k, verl's bootstrap best@k, 95 % CIs.
+r"""Evaluate a checkpoint on math benchmarks: avg@k, unbiased pass@k, verl's bootstrap best@k, 95 % CIs.
 
     python eval.py --model runs/default/final --data arithmetic --k 32         # the embedded default, CPU
     python eval.py --model /models/Qwen2.5-Math-1.5B --data /path/to/benchmarks/*/test.jsonl --k 32 \

@@ -1,6 +1,7 @@
 """RLVR training: GRPO with DynaMO's rollout allocation and advantage modulation (docs/ALGORITHM.md).
 
-    python train.py --config configs/default.yaml                     # the embedded default, CPU
+    python train.py --config configs/default.yaml                     # the main job: the embedded default, CPU
+    python train.py                                                   # the same (no --config: configs/default.yaml)
     python train.py --config configs/default.yaml steps=10 optim.lr=1e-5 out_dir=runs/try
     torchrun --standalone --nproc_per_node 2 train.py --config configs/default.yaml   # FSDP2 over 2 ranks
 
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
         return dist.shutdown()
     model, tokenizer = state.model, state.tokenizer
     objective = Objective(cfg, model, device)  # the loss side, decided once: rows, the baselines' switches
-    metrics_file, samples_file = open_logs(cfg.out_dir, state.step + 1)  # rank 0's; None on the others
+    metrics_file, samples_file = open_logs(cfg, state.step + 1, argv)  # rank 0's (+ `loggers`); None elsewhere
     log(objective.describe())
     run_eval = functools.partial(evaluate_run, cfg, model, tokenizer, data, log=log, metrics_file=metrics_file)
     stop_request = checkpoint.StopRequest(log)  # from here on Ctrl-C / SIGTERM: finish the step, checkpoint, exit

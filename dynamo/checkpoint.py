@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import random
 import re
@@ -38,12 +39,15 @@ from dynamo.trust import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "checkpoints", "final")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml", "checkpoints", "final", "run.json",
+             "wandb")  # run.json: the run's id (dynamo/trackers.py); wandb: the W&B tracker's files (loggers)
+RUN_PATTERNS = ("events.out.tfevents.*",)  # the TensorBoard tracker's event files
 # The config keys a run may change when it resumes: none of them changes what is trained. Any other
 # difference between a checkpoint's resolved config and the resuming run's stops the resume.
 RESUMABLE_KEYS = ("steps", "out_dir", "resume", "overwrite", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "sample_every", "samples_per_step", "logprob_chunk", "activation_checkpointing", "device",
-                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped", "rollout.max_rows", "tf32")
+                  "parallel.unshard_for_rollout", "warmup.cache_dir", "warmup.shipped", "rollout.max_rows", "tf32",
+                  "loggers")
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -204,10 +208,16 @@ def newest_intact(out_dir: str, log) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
+def _run_names(out_dir: str) -> list[str]:
+    """RUN_FILES, then the files in out_dir that match RUN_PATTERNS."""
+    return [*RUN_FILES, *sorted(os.path.basename(p) for pattern in RUN_PATTERNS
+                                for p in glob.glob(os.path.join(glob.escape(out_dir), pattern)))]
+
+
 def previous_run(out_dir: str) -> list[str]:
     """The outputs of an earlier run found in out_dir (an empty checkpoints/ folder does not count)."""
     found = []
-    for name in RUN_FILES:
+    for name in _run_names(out_dir):
         path = os.path.join(out_dir, name)
         if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
             found.append(name)
@@ -216,7 +226,7 @@ def previous_run(out_dir: str) -> list[str]:
 
 def remove_run(out_dir: str) -> None:
     """Delete an earlier run's outputs (overwrite=true); nothing else in out_dir is touched."""
-    for name in RUN_FILES:
+    for name in _run_names(out_dir):
         path = os.path.join(out_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -264,15 +274,33 @@ def claim_out_dir(cfg, log) -> tuple[str | None, dict | None]:
             remove_run(cfg.out_dir)
         log(f"overwrite=true: removed the earlier run's {', '.join(old)} from {cfg.out_dir}")
     elif old:
-        saved = os.path.join(cfg.out_dir, "config.yaml")
-        if cfg.resume == "auto" and os.path.exists(saved):
-            with open(saved) as f:
-                if not config_changes(yaml.safe_load(f), dataclasses.asdict(cfg)):
-                    return None, None  # the same run, stopped before its first checkpoint: it starts again
-        raise ValueError(f"out_dir {cfg.out_dir!r} holds another run ({', '.join(old)}): continue it with "
-                         "resume=auto, write this run elsewhere with out_dir=..., or delete the old one first with "
-                         "overwrite=true")
+        changes = saved_config_changes(cfg)  # None: no config.yaml to compare with
+        if cfg.resume == "auto" and changes == []:
+            return None, None  # the same run, stopped before its first checkpoint: it starts again
+        raise ValueError(another_run_message(cfg.out_dir, old, changes))
     return None, None
+
+
+def saved_config_changes(cfg) -> list[str] | None:
+    """config_changes from the config.yaml of the run in cfg.out_dir to `cfg`, or None when there is none to read."""
+    saved = os.path.join(cfg.out_dir, "config.yaml")
+    try:
+        with open(saved) as f:
+            old = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return config_changes(old, dataclasses.asdict(cfg)) if isinstance(old, dict) else None
+
+
+def another_run_message(out_dir: str, found: list[str], changes: list[str] | None) -> str:
+    """Why a fresh run may not write into out_dir, and the ways out that work: resume=auto comes first only when the
+    run there was made with a config this one may resume (a different one would be refused by the resume too)."""
+    head = f"out_dir {out_dir!r} holds another run ({', '.join(found)})"
+    elsewhere = "write this run elsewhere with out_dir=..., or delete the old one first with overwrite=true"
+    if changes:
+        return (f"{head}, made with another config ({'; '.join(changes)}), so resume=auto would refuse to continue "
+                f"it: {elsewhere} (to continue it instead: python train.py --config {out_dir}/config.yaml resume=auto)")
+    return f"{head}: continue it with resume=auto, {elsewhere}"
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -4,11 +4,13 @@ A YAML file may start from another one with `base: other.yaml` (a path relative 
 ablation config is its base plus the one line that differs. Overrides use dotted paths into the sections below, e.g.
     python train.py --config configs/default.yaml optim.lr=1e-5 rollout.temperature=0.7
 A leading `--` is accepted too (`--optim.lr=1e-5`). Values are parsed as YAML scalars, so `true`,
-`3`, `1e-5`, `null` and `[1, 2]` mean what they look like.
+`3`, `1e-5`, `null` and `[1, 2]` mean what they look like. A train.py command line without --config is the main
+job's, configs/default.yaml (`with_main_config`); the dataclasses' values below are the base every file starts from.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -208,6 +210,8 @@ class Config:
     sample_every: int = 20  # write rollouts to samples.jsonl every k steps (0 = never)
     samples_per_step: int = 4  # rollouts written each such step (0 = none): the first rows of the step, with
     # prompt id, level, allocated count and index in its group; under several ranks rank 0 writes its own rows only
+    loggers: list = field(default_factory=list)  # experiment trackers sent every metrics.jsonl row as well: any of
+    # tensorboard, wandb (optional packages; docs/RUNS.md, "Experiment trackers"); [] = metrics.jsonl only
     train_pool: int = 256  # built-in task: prompts in the training pool (revisited every epoch)
     task_levels: list = field(default_factory=lambda: ["add1", "add2", "add3", "add4", "mul2", "mul3", "mul4"])
     # built-in task: the difficulty levels in use (addK: K-digit + K-digit, mulK: K-digit x 1-digit)
@@ -303,7 +307,9 @@ def _set(cfg, path: str, value) -> None:
         fields = {f.name: f for f in dataclasses.fields(obj)}
         if name not in fields:
             where = ".".join(parts[:i]) or "top level"
-            raise ConfigError(f"unknown config key '{path}' ('{name}' is not a field of {where}; "
+            close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
+            hint = f": did you mean {' or '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint} ('{name}' is not a field of {where}; "
                               f"known: {', '.join(sorted(fields))})")
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(obj, name)):
@@ -436,6 +442,18 @@ def _check(cfg: Config) -> None:
     if not 0 <= m.lambda_min <= 1 or m.alpha < 0 or m.gamma <= 0 or m.diagnose_every < 0:
         raise ConfigError("config keys 'modulation.lambda_min' in [0, 1], 'modulation.alpha' >= 0, "
                           "'modulation.gamma' > 0, 'modulation.diagnose_every' >= 0 required")
+    check_loggers(cfg.loggers)
+
+
+LOGGERS = ("tensorboard", "wandb")  # the trackers config key `loggers` may name (dynamo/trackers.py)
+
+
+def check_loggers(names: list) -> None:
+    """`loggers` names known trackers, each once (whether each one is installed: dynamo.trackers.check_installed)."""
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown or len(set(names)) < len(names):
+        raise ConfigError(f"config key 'loggers' = {names!r}: give a list drawn from {', '.join(LOGGERS)}, each once, "
+                          "e.g. loggers=[tensorboard] (or [] for metrics.jsonl only)")
 
 
 def to_dict(cfg) -> dict:
@@ -460,10 +478,13 @@ def load_config(argv: list[str], cls=None, check=None):
         else:
             raise ConfigError(f"cannot read argument {arg!r}: use --config FILE and key=value overrides")
     if path is not None:
-        for doc in _read_yaml_chain(path):
-            _apply_preset(cfg, doc.pop("preset", None))
-            for k, v in doc.items():
-                _set(cfg, k, v)
+        for file, doc in _read_yaml_chain(path):
+            try:
+                _apply_preset(cfg, doc.pop("preset", None))
+                for k, v in doc.items():
+                    _set(cfg, k, v)
+            except ConfigError as e:  # name the file: it may be a base the command line never mentioned
+                raise ConfigError(f"in {file}: {e}") from None
     keys = [item.split("=", 1)[0] for item in overrides]
     twice = next((k for k in keys if keys.count(k) > 1), None)
     if twice:
@@ -486,8 +507,8 @@ def load_config(argv: list[str], cls=None, check=None):
     return cfg
 
 
-def _read_yaml_chain(path: str, depth: int = 0, named_by: str | None = None) -> list[dict]:
-    """The YAML mapping at `path`, preceded by the files it names as `base:` (relative to it)."""
+def _read_yaml_chain(path: str, depth: int = 0, named_by: str | None = None) -> list[tuple[str, dict]]:
+    """(file, its YAML mapping) for `path`, preceded by the files it names as `base:` (relative to it)."""
     if depth > 8:
         raise ConfigError(f"config file {path}: 'base' chain deeper than 8 files (a cycle?)")
     try:
@@ -503,12 +524,12 @@ def _read_yaml_chain(path: str, depth: int = 0, named_by: str | None = None) -> 
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     base = doc.pop("base", None)
     if base is None:
-        return [doc]
-    return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1, path) + [doc]
+        return [(path, doc)]
+    return _read_yaml_chain(os.path.join(os.path.dirname(path), str(base)), depth + 1, path) + [(path, doc)]
 
 
 def _apply_preset(cfg, name) -> None:
-    if name is None:
+    if name is None or name == "":  # "" = none, the default --help shows
         return
     if name not in PRESETS:
         raise ConfigError(f"config key 'preset' = {name!r}; choose one of {', '.join(PRESETS)}")
@@ -532,44 +553,105 @@ def _field_notes(cls) -> dict[str, str]:
     return notes
 
 
-def help_rows(cls=None, choices=None) -> list[tuple[str, str, str]]:
-    """(dotted key, "type = default (choices)", meaning) for every key of a config dataclass."""
+def help_rows(cls=None, choices=None, values=None, preset: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, "type = value (choices)", meaning) for every key of a config dataclass; the value is the
+    built-in default, or the one in `values` (a resolved config) when given."""
     rows, choices = [], CHOICES if cls is None else (choices or {})
 
-    def walk(c, prefix):
-        notes, inst = _field_notes(c), c()
+    def walk(c, prefix, inst):
+        notes = _field_notes(c)
         for f in dataclasses.fields(c):
             value = getattr(inst, f.name)
             if dataclasses.is_dataclass(value):
-                walk(type(value), prefix + f.name + ".")
+                walk(type(value), prefix + f.name + ".", value)
                 continue
             typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             choice = choices.get(prefix + f.name)
             rows.append((prefix + f.name, f"{typ} = {json.dumps(value)}"
                          + (f" ({'|'.join(choice)})" if choice else ""), notes.get(f.name, "")))
 
-    walk(cls or Config, "")
+    walk(cls or Config, "", values if values is not None else (cls or Config)())
     if cls is None:  # not a field: a named bundle of overrides, applied before the others
-        rows.append(("preset", f"str ({'|'.join(PRESETS)})", "apply a named bundle of keys first: "
-                     + "; ".join(f"{n} = {', '.join(f'{k}={v}' for k, v in p.items())}" for n, p in PRESETS.items())))
+        rows.append(("preset", f"str = {json.dumps(preset)} ({'|'.join(PRESETS)})", "apply a named bundle of keys "
+                     "first ('' = none): " + "; ".join(f"{n} = {', '.join(f'{k}={v}' for k, v in p.items())}"
+                                                      for n, p in PRESETS.items())))
     return rows
 
 
-def help_text(cls=None, choices=None) -> str:
-    """--help's table: one key a line (meanings past column 50, on the next line when the key is long)."""
-    lines = []
-    for key, typ, note in help_rows(cls, choices):
-        head = f"  {key} {typ}"
+def help_text(cls=None, choices=None, values=None, marks: dict | None = None, preset: str = "") -> str:
+    """--help's table: one key a line (meanings past column 50, on the next line when the key is long); `marks`
+    ({key: one character}) flags a key in the first column, e.g. where its value comes from."""
+    lines, marks = [], marks or {}
+    for key, typ, note in help_rows(cls, choices, values, preset):
+        head = f"{marks.get(key, ' ')} {key} {typ}"
         lines.append(head.ljust(50) + " " + note if len(head) < 50 else head + "\n" + " " * 51 + note)
     return "\n".join(lines)
 
 
+# What `python train.py` runs when the command line names no config file: the main job (docs/CONFIG.md,
+# "No --config: the main job"). The dataclasses' built-in values above are only the base every file starts from.
+RUN_FILE = "run.json"  # out_dir/run.json: the run's id and name, fixed when it starts, kept when it resumes
+MAIN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The config file a command line names (--config FILE, -c FILE or --config=FILE), or None."""
+    return next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None))
+
+
+def with_main_config(argv: list[str]) -> list[str]:
+    """`argv`, with `--config configs/default.yaml` in front when it names no config file (train.py's and
+    `python -m dynamo.config`'s command lines): a bare `python train.py` is the main job, into runs/default."""
+    if config_path(argv) is not None:
+        return list(argv)
+    rel = os.path.relpath(MAIN_CONFIG)
+    return ["--config", MAIN_CONFIG if rel.startswith("..") else rel, *argv]
+
+
+def _file_keys(path: str) -> tuple[set[str], str]:
+    """(the dotted keys a config file and its bases set, presets' keys included; the preset it names, or "")."""
+    keys, preset = set(), ""
+
+    for _, doc in _read_yaml_chain(path):
+        preset = doc.pop("preset", None) or preset
+        for k, v in doc.items():  # a section's mapping sets each of its keys
+            keys |= {f"{k}.{sub}" for sub in v} if isinstance(v, dict) else {k}
+    return keys | set(PRESETS.get(preset, {})) | ({"preset"} if preset else set()), preset
+
+
+def resolved_help(argv: list[str]) -> str:
+    """--help's key table for train.py's command line `argv` (--help left out): every key with the value this command
+    runs with, marked `*` where its config file (or a base it names) sets it and `+` where the command line does;
+    unmarked keys have the built-in value of this file's dataclasses. A command line that does not load falls back to
+    the built-in values, with its error."""
+    args = with_main_config([a for a in argv if a not in ("-h", "--help")])
+    path = config_path(args)
+    try:
+        cfg, (from_file, preset) = load_config(args), _file_keys(path)
+    except ConfigError as e:
+        return (f"(this command line does not load: {e}; the built-in values follow)\n"
+                + help_text(marks={}))
+    overrides = [a[2:] if a.startswith("--") else a for a in args if "=" in a and not a.startswith("--config")]
+    from_cli = {a.split("=", 1)[0] for a in overrides}
+    preset = next((a.split("=", 1)[1] for a in overrides if a.startswith("preset=")), preset)
+    marks = {**{k: "*" for k in from_file}, **{k: "+" for k in from_cli}}
+    return (f"config keys (type = the value this command runs with; * set by {path} or a file it names as base, "
+            "+ set on the command line, unmarked: built in, dynamo/config.py):\n"
+            + help_text(values=cfg, marks=marks, preset=preset))
+
+
 def run_identity(argv: list[str], cfg) -> dict:
-    """What identifies a run in its summary: config file, hash of the resolved config, seeds, steps, commit."""
+    """What identifies a run in its summary (and names it in the trackers): its id and name, config file, hash of
+    the resolved config, seeds, steps, commit."""
     import hashlib
     import subprocess
-    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")),
-                next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None))
+    path = config_path(with_main_config(argv))  # no --config: the main job's file
+    try:  # the run's id and name (dynamo/trackers.py writes them when the run starts; trackers use them too)
+        with open(os.path.join(cfg.out_dir, RUN_FILE)) as f:
+            run = json.load(f)
+    except (OSError, ValueError):
+        run = {}
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -578,7 +660,8 @@ def run_identity(argv: list[str], cfg) -> dict:
                                     capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    return {"config_file": path, "config_sha256": hashlib.sha256(dump(cfg).encode()).hexdigest()[:16],
+    return {"run_id": run.get("id"), "run_name": run.get("name"), "config_file": path,
+            "config_sha256": hashlib.sha256(dump(cfg).encode()).hexdigest()[:16],
             "seed": cfg.seed, "rl_seed": cfg.rl_seed if cfg.rl_seed >= 0 else cfg.seed, "steps": cfg.steps,
             "commit": commit, "uncommitted_changes": dirty, "overrides": [a for a in argv if "=" in a
                                                                           and not a.startswith("--config")]}
@@ -588,8 +671,8 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-if __name__ == "__main__":  # print the resolved config: python -m dynamo.config --config X k=v
+if __name__ == "__main__":  # the resolved config, as train.py prints and saves it: python -m dynamo.config [--config X]
     try:
-        print(json.dumps(to_dict(load_config(sys.argv[1:])), indent=2))
+        print(dump(load_config(with_main_config(sys.argv[1:]))), end="")
     except ConfigError as e:
         sys.exit(f"config error: {e}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 
 import torch
 
-from dynamo import checkpoint, distributed as dist, memory
-from dynamo.config import ConfigError, check_machine_and_paths, dump, help_text, load_config, to_dict
+from dynamo import checkpoint, distributed as dist, memory, trackers
+from dynamo.config import (ConfigError, check_machine_and_paths, dump, load_config, resolved_help, to_dict,
+                           with_main_config)
 from dynamo.data import check_context, drop_long_prompts, load_problems, read_benchmarks, render
 from dynamo.evaluate import measure_pass_rates
 from dynamo.model import load_pretrained
@@ -39,12 +41,14 @@ def read_config(argv: list[str], usage: str):
     """The checked config of `argv`, printed (a bad one exits with its message), or None after printing --help.
     Starts the process group under torchrun."""
     if {"-h", "--help"} & set(argv):
-        print("usage: python train.py --config FILE [key=value ...]\n" + usage + "\nconfig keys (type = default "
-              "before any config file):\n" + help_text() + "\n\nThe resolved values of a config: "
-              "python -m dynamo.config --config FILE [key=value ...]")
+        print("usage: python train.py [--config FILE] [key=value ...]\n" + usage + "\nWithout --config the run is "
+              "the main job, configs/default.yaml, into runs/default (docs/CONFIG.md, \"No --config: the main job\"). "
+              "--help after --config FILE shows that file's values.\n\n" + resolved_help(argv) + "\n\nThe resolved "
+              "values of a config: python -m dynamo.config [--config FILE] [key=value ...]")
         return None
     try:
-        cfg = load_config(argv)
+        cfg = load_config(with_main_config(argv))  # no --config: the main job's file
+        trackers.check_installed(cfg.loggers)  # an optional tracker named but not installed stops the run here
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     world = dist.init()[1]
@@ -144,6 +148,10 @@ def start(cfg, device: torch.device, log) -> tuple[RunState | None, Data | None]
     except ValueError as e:
         sys.exit(f"error: {e}")
     state = RunState.fresh(cfg, model, tokenizer, len(pool))
+    # The schedule counts RL steps, so it steps after a step whose optimiser step was skipped (non-finite gradient
+    # norm) too; after a skipped first step PyTorch would take that for a misordered call and warn.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                            r"`optimizer\.step\(\)`")
     if saved:
         try:
             state.restore(resume, saved, log)  # AdamW's state, read as data only

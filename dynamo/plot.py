@@ -1,18 +1,23 @@
 """Curves of several train.py runs side by side, in one PNG.
 
-    python -m dynamo.plot runs/default runs/grpo                  # -> runs/plot.png, beside the first run
-    python -m dynamo.plot runs/exp/*/seed0 --out curves.png --window 20
+    python -m dynamo.plot runs/default runs/grpo                  # -> runs/default/plot.png, in the first run
+    python -m dynamo.plot runs/exp/*/seed0 --out runs/exp/curves.png --window 20
 
 Panels, against the RL step, from each run's metrics.jsonl: training reward and accuracy (each step faint,
 the running mean over --window steps on top), entropy, response length, the fraction of zero-advantage
 groups, the allocation spread (most minus fewest rollouts any prompt got that step) and the held-out
-pass@1 of the evaluation rows with its standard error. matplotlib is optional: only plotting needs it.
+pass@1 of the evaluation rows with its standard error. Each run has its own colour, dash pattern and markers,
+so a run whose curve coincides with another's stays visible, and the legend names the runs that coincide.
+The entropy panel says which rows each run's entropy is a mean over: a run that skips zero-advantage rows
+(skip_zero_advantage, read from its config.yaml) averages over the other rows only, which is not comparable
+with a run that averages over every row. matplotlib is optional: only plotting needs it.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
 
 from dynamo.step_metrics import read_metrics
 
@@ -71,33 +76,100 @@ def held_out_curve(evals: list[dict]) -> tuple[list, list, list | None]:
     return [s for s, _ in rows], [v for _, v in rows], None
 
 
+DASHES = ["-", "--", ":", "-."]  # run i: colour C{i}, dash DASHES[i % 4], marker MARKERS[i % 8]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def style(i: int, points: int) -> dict:
+    """Run i's line style: its colour, dash pattern and markers (about 8 along a curve, each run's shifted along
+    the curve), so that two runs drawing the same curve both stay visible."""
+    every = max(1, points // 8)
+    return {"color": f"C{i % 10}", "linestyle": DASHES[i % len(DASHES)], "marker": MARKERS[i % len(MARKERS)],
+            "ms": 4, "markevery": (i * every // 3 % every, every)}
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x == y or (x != x and y != y) for x, y in zip(a, b))  # nan equals nan here
+
+
+def coinciding(curves: dict[str, list[tuple[list, list]]]) -> list[str]:
+    """'a = b: reward, entropy' for each pair of runs whose curves are identical in some panels ({run: [(steps,
+    values) per panel]}, panels in TRAIN_PANELS order, then held-out pass@1)."""
+    titles = [t for t, *_ in TRAIN_PANELS] + ["held-out pass@1"]
+    names, notes = list(curves), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            same = [t for t, (sa, ya), (sb, yb) in zip(titles, curves[a], curves[b])
+                    if sa and sa == sb and _same(ya, yb)]
+            if same:
+                notes.append(f"{a} = {b}: " + (", ".join(same) if len(same) < len(titles) else "every panel"))
+    return notes
+
+
+def entropy_rows(run_dir: str, train_rows: list[dict]) -> str:
+    """Which rows a run's logged entropy is a mean over: 'advantage ≠ 0' when it skipped zero-advantage rows
+    (objective.skips_zero_advantage of its config.yaml; without one, any train row with rows_skipped > 0), else
+    'every row'."""
+    from dynamo.config import ConfigError, load_config
+    from dynamo.objective import skips_zero_advantage
+    path = os.path.join(run_dir, "config.yaml")
+    try:
+        skips = skips_zero_advantage(load_config(["--config", path]))
+    except (ConfigError, OSError):  # no config.yaml, or one from another version of this code: the rows tell
+        skips = any(r.get("rows_skipped", 0) > 0 for r in train_rows)
+    return "advantage ≠ 0" if skips else "every row"
+
+
+def entropy_note(bases: dict[str, str]) -> tuple[str, str]:
+    """(the entropy panel's title, a note for the legend, "" when every run averages over the same rows)."""
+    kinds = sorted(set(bases.values()))
+    if len(kinds) == 1:
+        return f"entropy (mean over rows with {kinds[0]})" if kinds[0] != "every row" else "entropy (every row)", ""
+    groups = "; ".join(f"{kind}: {', '.join(n for n, k in bases.items() if k == kind)}" for kind in kinds)
+    return ("entropy: NOT like with like (see the note)",
+            f"entropy averages over other rows per run ({groups}); runs that skip zero-advantage rows "
+            "(skip_zero_advantage) leave them out, so the gap between the groups is partly an artefact")
+
+
 def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10) -> str:
     """Draw the runs in `dirs` into the PNG `out`; returns its path. FileNotFoundError names a directory
     without metrics.jsonl, ImportError says matplotlib is missing."""
     runs = {name: read_metrics(d) for name, d in zip(run_names(dirs), dirs)}  # every directory checked first
+    bases = {name: entropy_rows(d, runs[name]["train"]) for name, d in zip(runs, dirs)}
     plt = pyplot()
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
     axes = axes.flat  # 6 training panels, held-out accuracy, the legend
+    curves: dict[str, list] = {}
     for i, (name, rows) in enumerate(runs.items()):
-        color = f"C{i % 10}"
         steps = [r["step"] for r in rows["train"]]
+        look, curves[name] = style(i, len(steps)), []
         for ax, (_, _, value, smooth) in zip(axes, TRAIN_PANELS):
             ys = [value(r) for r in rows["train"]]
             if smooth:  # per-step batch means are noisy: the trend is the running mean
-                ax.plot(steps, ys, color=color, alpha=0.25, lw=0.8)
+                ax.plot(steps, ys, color=look["color"], alpha=0.25, lw=0.8)
                 ys = running_mean(ys, window)
-            ax.plot(steps, ys, color=color, lw=1.4)
+            ax.plot(steps, ys, lw=1.4, **look)
+            curves[name].append((steps, ys))
         steps, acc, se = held_out_curve(rows["eval"])
-        axes[6].errorbar(steps, acc, yerr=se, color=color, marker="o", ms=3, capsize=3)
-        axes[7].plot([], [], color=color, lw=2, label=name)  # the legend's entry, drawn nowhere
-    titles = [(t + (f" (running mean over {window})" if smooth else ""), y) for t, y, _, smooth in TRAIN_PANELS]
+        curves[name].append((steps, acc))
+        axes[6].errorbar(steps, acc, yerr=se, capsize=3, **{**look, "markevery": None})
+        axes[7].plot([], [], lw=1.4, label=name, **{**look, "markevery": None})  # the legend's entry, drawn nowhere
+    entropy_title, entropy_warning = entropy_note(bases)
+    titles = [((entropy_title if t == "entropy" else t) + (f" (running mean over {window})" if smooth else ""), y)
+              for t, y, _, smooth in TRAIN_PANELS]
     for ax, (title, ylabel) in zip(axes, titles + [("held-out pass@1 (± SE), or the eval_data mean", "pass@1")]):
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, color="C3" if title.startswith("entropy: NOT") else "black")
         ax.set_xlabel("RL step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[7].axis("off")
-    axes[7].legend(loc="center", title="run", fontsize=9)
+    axes[7].legend(loc="upper center", title="run", fontsize=9)
+    same = coinciding(curves)
+    notes = (["identical curves (drawn one over the other, told apart by dash and marker):"] + same if same else [])
+    notes += [entropy_warning] if entropy_warning else []
+    if notes:
+        axes[7].text(0.0, 0.0, "\n".join(textwrap.fill(n, 60) for n in notes), transform=axes[7].transAxes,
+                     fontsize=7.5, va="bottom", ha="left")
     fig.tight_layout()
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -111,14 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dynamo.plot", description=head, epilog=rest,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="train.py output directories (each holds metrics.jsonl)")
-    parser.add_argument("--out", default="", help="the PNG to write (default: plot.png in the folder that holds the "
-                        "first run, e.g. runs/plot.png: never a file left in the repository)")
+    parser.add_argument("--out", default="", help="the PNG to write (default: plot.png in the first run's directory, "
+                        "e.g. runs/default/plot.png: never a file left in the checkout)")
     parser.add_argument("--window", type=int, default=10, help="steps in the running mean (default: 10)")
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error(f"--window must be >= 1, got {args.window}")
     try:
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.runs[0].rstrip("/"))), "plot.png")
+        out = args.out or os.path.join(args.runs[0], "plot.png")
         print(os.path.abspath(plot_runs(args.runs, out, args.window)))
     except (FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")

@@ -18,6 +18,7 @@ import torch
 from dynamo import distributed as dist
 from dynamo.allocator import allocation_telemetry
 from dynamo.reward import rewards
+from dynamo.trackers import open_trackers
 
 
 @dataclasses.dataclass
@@ -141,11 +142,28 @@ def open_log(out_dir: str, name: str, start: int):
     return open(path, "a")
 
 
-def open_logs(out_dir: str, start: int):
-    """(metrics.jsonl, samples.jsonl) opened for appending from step `start` on rank 0; (None, None) elsewhere."""
+def open_logs(cfg, start: int, argv: list[str] = ()):
+    """(metrics.jsonl, samples.jsonl) opened for appending from step `start` on rank 0; (None, None) elsewhere. With
+    `loggers` in the config, the first is a MetricsLog that hands each row to those trackers too (dynamo/trackers.py;
+    `argv` names the run there)."""
+    found = open_trackers(cfg, list(argv), start)  # rank 0: the run's id fixed, the named trackers opened
     if not dist.is_main():
         return None, None
-    return open_log(out_dir, "metrics.jsonl", start), open_log(out_dir, "samples.jsonl", start)
+    metrics = open_log(cfg.out_dir, "metrics.jsonl", start)
+    return MetricsLog(metrics, found) if found else metrics, open_log(cfg.out_dir, "samples.jsonl", start)
+
+
+class MetricsLog:
+    """metrics.jsonl and the experiment trackers that get each of its rows as well (write_row forwards them)."""
+
+    def __init__(self, file, trackers: list):
+        self.file, self.trackers = file, trackers
+
+    def write(self, text: str) -> None:
+        self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def read_metrics(run_dir: str) -> dict[str, list[dict]]:
@@ -163,9 +181,12 @@ def read_metrics(run_dir: str) -> dict[str, list[dict]]:
 
 
 def write_row(file, row: dict) -> None:
+    """One JSONL row; a MetricsLog also hands it to its trackers."""
     if file:
         file.write(json.dumps(row) + "\n")
         file.flush()
+        for tracker in getattr(file, "trackers", ()):
+            tracker.log(row)
 
 
 def paired(first: dict, last: dict) -> dict:

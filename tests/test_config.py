@@ -110,3 +110,81 @@ def test_a_missing_base_names_the_file_that_named_it(tmp_path):
     child.write_text("base: default.yaml\nsteps: 3\n")
     with pytest.raises(ConfigError, match=r"named by 'base:' in .*mine.yaml; a base path is relative to the file"):
         load_config(["--config", str(child)])
+
+
+# ------------------------------------------------------------------ typos, the main job as the default, --help
+
+def test_a_typo_suggests_the_key_it_is_close_to():
+    with pytest.raises(ConfigError, match=r"unknown config key 'step': did you mean 'steps'\?"):
+        load_config(["step=10"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr': did you mean 'optim.lr'\?"):
+        load_config(["optim.lrr=1e-5"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzz' \('zzz' is not a field"):
+        load_config(["zzz=1"])  # nothing close: no suggestion
+
+
+def test_a_typo_in_a_base_file_names_that_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 3\nstepz: 4\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"in .*base\.yaml: unknown config key 'stepz': did you mean 'steps'"):
+        load_config(["--config", str(tmp_path / "child.yaml")])
+    (tmp_path / "child.yaml").write_text("base: base2.yaml\noptim:\n  lr: fast\n")
+    (tmp_path / "base2.yaml").write_text("steps: 3\n")
+    with pytest.raises(ConfigError, match=r"in .*child\.yaml: config key 'optim.lr'"):
+        load_config(["--config", str(tmp_path / "child.yaml")])
+
+
+def test_no_config_file_runs_the_main_job(monkeypatch, tmp_path):
+    """`python train.py` with no --config is configs/default.yaml: the same config, folder and identity."""
+    from dynamo import launch
+    from dynamo.config import MAIN_CONFIG, dump, run_identity, with_main_config
+    main = load_config(["--config", MAIN_CONFIG, "steps=3"])
+    bare = launch.read_config(["steps=3"], "")
+    assert dump(bare) == dump(main) and bare.out_dir == os.path.join("runs", "default")
+    assert bare.modulation.compensation and bare.modulation.stabilization and bare.micro_batch_size == 128
+    assert with_main_config(["--config", "x.yaml", "steps=3"]) == ["--config", "x.yaml", "steps=3"]
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(MAIN_CONFIG)))
+    assert with_main_config([])[:2] == ["--config", os.path.join("configs", "default.yaml")]
+    ident, given = run_identity(["steps=3"], bare), run_identity(["--config", "configs/default.yaml", "steps=3"], main)
+    assert ident["config_file"] == given["config_file"] == os.path.join("configs", "default.yaml")
+    assert ident["config_sha256"] == given["config_sha256"] and ident["overrides"] == ["steps=3"]
+    monkeypatch.chdir(tmp_path)  # from elsewhere: the same file, by its absolute path
+    assert with_main_config([])[1] == MAIN_CONFIG
+
+
+def test_help_shows_the_values_a_command_runs_with_and_where_they_come_from():
+    from dynamo.config import MAIN_CONFIG, resolved_help
+    text = resolved_help(["steps=5", "--help"])
+    lines = {line[2:].split()[0]: line for line in text.splitlines()[1:] if line[:2] in ("* ", "+ ", "  ")
+             and line[2:3].strip()}  # (a long key's meaning continues on an indented line)
+    assert lines["modulation.compensation"].startswith("* modulation.compensation bool = true")  # the main job's file
+    assert lines["micro_batch_size"].startswith("* micro_batch_size int = 128")
+    assert lines["steps"].startswith("+ steps int = 5")  # the command line
+    assert lines["rollout.top_p"].startswith("  rollout.top_p float = 1.0")  # built in
+    assert lines["preset"].startswith('  preset str = "" (decay5)')  # a default like any other key's
+    assert MAIN_CONFIG in text.splitlines()[0] or "configs/default.yaml" in text.splitlines()[0]
+    grpo = resolved_help(["--config", os.path.join(os.path.dirname(MAIN_CONFIG), "grpo.yaml")])
+    assert "* modulation.compensation bool = false" in grpo and "* allocation str = \"uniform\"" in grpo
+    decay5 = resolved_help(["--config", os.path.join(os.path.dirname(MAIN_CONFIG), "decay5.yaml")])
+    assert '* preset str = "decay5"' in decay5 and "* modulation.tau float = 0.9" in decay5
+    assert "does not load" in resolved_help(["stepz=3"]) and "  steps int = 80" in resolved_help(["stepz=3"])
+    assert load_config(["preset="]).modulation.alpha == 0.2  # "" = no preset, as --help says
+
+
+def test_help_notes_stay_on_their_own_keys():
+    from dynamo.config import help_rows
+    rows = {key: note for key, _, note in help_rows()}
+    assert rows["loss.aggregation"].endswith("(each prompt weighs the same)")  # no section note glued on
+    assert "--" not in rows["loss.aggregation"] and "baselines" not in rows["loss.aggregation"]
+
+
+def test_print_config_is_the_yaml_train_py_saves():
+    import subprocess
+    import sys
+    import yaml
+    from dynamo.config import MAIN_CONFIG, dump
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "dynamo.config", "steps=3"], capture_output=True, text=True, cwd=root,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout == dump(load_config(["--config", MAIN_CONFIG, "steps=3"]))
+    assert yaml.safe_load(res.stdout)["out_dir"] == os.path.join("runs", "default")

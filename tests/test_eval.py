@@ -220,3 +220,5 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys):
     rows = {key: note for key, _, note in help_rows(cli.EvalConfig, cli.CHOICES)}
     assert sorted(rows) == sorted(f.name for f in dataclasses.fields(cli.EvalConfig)) and all(rows.values())
     assert 'template str = "auto" (auto|plain|boxed|chat)' in out
+    # the long example keeps its line break: its continuation is a line of its own, as in the source
+    assert "--k 32 \\\n        max_new_tokens=3072 dtype=bfloat16\n" in out

@@ -66,3 +66,79 @@ def test_help_answers():
                          timeout=60)
     assert res.returncode == 0 and res.stdout.startswith("usage: python -m dynamo.plot")
     assert "--window" in res.stdout and "held-out" in res.stdout
+
+
+def test_default_output_is_the_first_runs_directory(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    a, b = fake_run(tmp_path / "runs" / "a"), fake_run(tmp_path / "runs" / "b")
+    monkeypatch.chdir(tmp_path)
+    plot.main([os.path.join("runs", "a"), os.path.join("runs", "b")])
+    assert capsys.readouterr().out.strip() == str(a / "plot.png") and (a / "plot.png").exists()
+    assert sorted(os.listdir(tmp_path)) == ["runs"]  # nothing left in the working directory
+
+
+def test_gitignore_covers_what_the_commands_write():
+    """Run folders (their plots, tracker files), eval.py's results, the warm-up cache, a plot given as --out in the
+    checkout's root (the old default, plot.png) and W&B's folder where it lands outside a run."""
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    for path in ("runs/default/plot.png", "runs/default/events.out.tfevents.1.h.2.0", "runs/eval/x/table.md",
+                 "cache/tiny-0/config.json", "plot.png", "curves.png", "wandb/latest-run"):
+        res = subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", "--no-index", path], capture_output=True)
+        assert res.returncode == 0, f"{path} is not ignored"
+    assert subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", "--no-index", "assets/x.png"]).returncode == 1
+
+
+def drawn(monkeypatch, dirs):
+    """The figure plot_runs draws for `dirs` (kept open): every title and text on it."""
+    pytest.importorskip("matplotlib")
+    real = plot.pyplot()
+    kept = []
+
+    class Keep:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def close(self, fig):
+            kept.append(fig)
+
+    monkeypatch.setattr(plot, "pyplot", lambda: Keep())
+    plot.plot_runs([str(d) for d in dirs], str(dirs[0] / "p.png"))
+    (fig,) = kept
+    texts = [ax.get_title() for ax in fig.axes] + [t.get_text() for ax in fig.axes for t in ax.texts]
+    lines = [line for ax in fig.axes[:1] for line in ax.get_lines() if line.get_alpha() is None]
+    real.close(fig)
+    return " | ".join(texts).replace("\n", " "), lines
+
+
+def test_runs_with_the_same_curves_stay_visible(tmp_path, monkeypatch):
+    a, b, c = fake_run(tmp_path / "a"), fake_run(tmp_path / "b"), fake_run(tmp_path / "c", slope=0.02)
+    text, lines = drawn(monkeypatch, [a, b, c])
+    assert len(lines) == 3 and len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 3
+    assert "identical curves" in text and "a = b: every panel" in text
+    assert "a = c: entropy, response length" in text and "a = c: training reward" not in text  # c learns faster
+    assert plot.coinciding({"x": [([1, 2], [0.5, float("nan")])], "y": [([1, 2], [0.5, float("nan")])],
+                            "z": [([1, 2], [0.5, 0.6])]}) == ["x = y: training reward"]
+
+
+def with_config(path, *args):
+    from dynamo.config import dump, load_config
+    (path / "config.yaml").write_text(dump(load_config(list(args))))
+    return path
+
+
+def test_the_entropy_panel_says_which_rows_each_run_averaged_over(tmp_path, monkeypatch):
+    configs = os.path.join(ROOT, "configs")
+    dynamo = with_config(fake_run(tmp_path / "dynamo"), "--config", os.path.join(configs, "default.yaml"))
+    grpo = with_config(fake_run(tmp_path / "grpo"), "--config", os.path.join(configs, "grpo.yaml"))
+    clip_cov = with_config(fake_run(tmp_path / "clip_cov"), "--config", os.path.join(configs, "clip_cov.yaml"))
+    assert plot.entropy_rows(str(grpo), []) == "advantage ≠ 0"  # GRPO skips zero-advantage rows (auto)
+    assert plot.entropy_rows(str(clip_cov), []) == plot.entropy_rows(str(dynamo), []) == "every row"
+    text, _ = drawn(monkeypatch, [grpo, clip_cov])
+    assert "entropy: NOT like with like" in text
+    assert "advantage ≠ 0: grpo" in text and "every row: clip_cov" in text
+    text, _ = drawn(monkeypatch, [clip_cov, dynamo])  # like with like: the title says over which rows
+    assert "entropy (every row)" in text and "NOT like with like" not in text
+    # without a config.yaml, the rows tell: a run that skipped some rows averaged over the others
+    assert plot.entropy_rows(str(tmp_path / "none"), [{"rows_skipped": 0.0}, {"rows_skipped": 0.25}]) == "advantage ≠ 0"
+    assert plot.entropy_rows(str(tmp_path / "none"), [{"rows_skipped": 0.0}]) == "every row"

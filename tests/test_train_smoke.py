@@ -113,7 +113,9 @@ def test_torchrun_two_processes(single_run, tmp_path):
 def test_help_answers_without_running(capsys):
     train.main(["--help"])
     out = capsys.readouterr().out
-    assert out.startswith("usage: python train.py --config FILE") and "python -m dynamo.config" in out
+    assert out.startswith("usage: python train.py [--config FILE]") and "python -m dynamo.config" in out
+    # the values a bare `python train.py` runs with: the main job's, marked as its config file's
+    assert "\n* modulation.compensation bool = true " in out and "\n* micro_batch_size int = 128 " in out
 
 
 def test_help_lists_every_config_key():
