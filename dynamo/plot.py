@@ -3,10 +3,12 @@
     python -m dynamo.plot runs/default runs/grpo                  # -> runs/default/plot.png, in the first run
     python -m dynamo.plot runs/exp/*/seed0 --out runs/exp/curves.png --window 20
 
-Panels, against the RL step, from each run's metrics.jsonl: training reward and accuracy (each step faint,
-the running mean over --window steps on top), entropy, response length, the fraction of zero-advantage
-groups, the allocation spread (most minus fewest rollouts any prompt got that step) and the held-out
-pass@1 of the evaluation rows with its standard error. Each run has its own colour, dash pattern and markers,
+Panels, against the rollouts generated so far (or the RL step: --x step), from each run's metrics.jsonl:
+training reward and accuracy (each step faint, the running mean over --window steps on top), entropy,
+response length, the fraction of zero-advantage groups, the allocation spread (most minus fewest rollouts any
+prompt got that step), how the step's groups were collected (rollouts generated and trained on, the
+informative share, generation rounds), the allocation methods' own quantities (GRESO's skips, p_easy and
+p_hard; Reinforce-Ada's exits) and the held-out pass@1 of the evaluation rows with its standard error. Each run has its own colour, dash pattern and markers,
 so a run whose curve coincides with another's stays visible, and the legend names the runs that coincide.
 The entropy panel says which rows each run's entropy is a mean over: a run that skips zero-advantage rows
 (skip_zero_advantage, read from its config.yaml) averages over the other rows only, which is not comparable
@@ -37,7 +39,19 @@ TRAIN_PANELS = [
     ("zero-advantage groups", "fraction of prompts", _field("zero_adv_groups"), False),
     ("allocation spread", "max − min rollouts per prompt",
      lambda r: r.get("alloc/count_max", float("nan")) - r.get("alloc/count_min", float("nan")), False),
+    # how the step's groups were collected (dynamo/collect.py): every allocation method logs these
+    ("rollouts generated per step", "rollouts (all ranks)", _field("rollouts/generated"), False),
+    ("rollouts trained on per step", "rollouts (all ranks)", _field("rollouts/trained"), False),
+    ("informative rollouts", "share of generated in groups not all equal", _field("rollouts/informative_frac"), True),
+    ("generation rounds per step", "rounds", _field("rollouts/rounds"), False),
+    # the methods' own quantities: a gap for the runs of other methods
+    ("prompts skipped before rollout (greso)", "prompts", _field("rollouts/prompts_skipped"), False),
+    ("p_easy (greso)", "keep-probability base", _field("greso/p_easy"), False),
+    ("p_hard (greso)", "keep-probability base", _field("greso/p_hard"), False),
+    ("prompts that met the exit rule (reinforce_ada)", "share of the step's prompts",
+     _field("reinforce_ada/exited_frac"), False),
 ]
+X_AXES = {"step": "RL step", "rollouts": "rollouts generated so far (all ranks)"}
 
 
 def pyplot():
@@ -131,17 +145,36 @@ def entropy_note(bases: dict[str, str]) -> tuple[str, str]:
             "(skip_zero_advantage) leave them out, so the gap between the groups is partly an artefact")
 
 
-def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10) -> str:
-    """Draw the runs in `dirs` into the PNG `out`; returns its path. FileNotFoundError names a directory
-    without metrics.jsonl, ImportError says matplotlib is missing."""
+def x_of(rows: dict, x: str) -> dict:
+    """{step: x value}: the step itself, or the rollouts generated up to and including it (0 at step 0)."""
+    if x == "step":
+        return {r["step"]: r["step"] for r in rows["train"]} | {0: 0}
+    return {r["step"]: r["rollouts/generated_total"] for r in rows["train"]} | {0: 0}
+
+
+def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10, x: str = "auto") -> str:
+    """Draw the runs in `dirs` into the PNG `out`; returns its path. x: 'step', 'rollouts' (generated so far) or
+    'auto' (rollouts when every run logged them: methods that generate more per step compare at equal cost).
+    FileNotFoundError names a directory without metrics.jsonl, ImportError says matplotlib is missing."""
     runs = {name: read_metrics(d) for name, d in zip(run_names(dirs), dirs)}  # every directory checked first
     bases = {name: entropy_rows(d, runs[name]["train"]) for name, d in zip(runs, dirs)}
+    logged = all(rows["train"] and all("rollouts/generated_total" in r for r in rows["train"]) for rows in runs.values())
+    if x == "rollouts" and not logged:
+        raise ValueError("--x rollouts: a run here has no rollouts/generated_total in its metrics.jsonl (an older "
+                         "run): use --x step")
+    x = ("rollouts" if logged else "step") if x == "auto" else x
     plt = pyplot()
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
-    axes = axes.flat  # 6 training panels, held-out accuracy, the legend
+    cols = 4
+    fig, axes = plt.subplots((len(TRAIN_PANELS) + 2 + cols - 1) // cols, cols,
+                             figsize=(17, 3.75 * ((len(TRAIN_PANELS) + 2 + cols - 1) // cols)))
+    axes = list(axes.flat)  # the training panels, held-out accuracy, the legend
+    for ax in axes[len(TRAIN_PANELS) + 2:]:
+        ax.axis("off")
+    at, legend = len(TRAIN_PANELS), len(TRAIN_PANELS) + 1
     curves: dict[str, list] = {}
     for i, (name, rows) in enumerate(runs.items()):
-        steps = [r["step"] for r in rows["train"]]
+        to_x = x_of(rows, x)
+        steps = [to_x[r["step"]] for r in rows["train"]]
         look, curves[name] = style(i, len(steps)), []
         for ax, (_, _, value, smooth) in zip(axes, TRAIN_PANELS):
             ys = [value(r) for r in rows["train"]]
@@ -151,24 +184,25 @@ def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10) -> str:
             ax.plot(steps, ys, lw=1.4, **look)
             curves[name].append((steps, ys))
         steps, acc, se = held_out_curve(rows["eval"])
+        steps = [to_x.get(s, float("nan")) for s in steps]
         curves[name].append((steps, acc))
-        axes[6].errorbar(steps, acc, yerr=se, capsize=3, **{**look, "markevery": None})
-        axes[7].plot([], [], lw=1.4, label=name, **{**look, "markevery": None})  # the legend's entry, drawn nowhere
+        axes[at].errorbar(steps, acc, yerr=se, capsize=3, **{**look, "markevery": None})
+        axes[legend].plot([], [], lw=1.4, label=name, **{**look, "markevery": None})  # the legend's entry only
     entropy_title, entropy_warning = entropy_note(bases)
     titles = [((entropy_title if t == "entropy" else t) + (f" (running mean over {window})" if smooth else ""), y)
               for t, y, _, smooth in TRAIN_PANELS]
     for ax, (title, ylabel) in zip(axes, titles + [("held-out pass@1 (± SE), or the eval_data mean", "pass@1")]):
         ax.set_title(title, fontsize=10, color="C3" if title.startswith("entropy: NOT") else "black")
-        ax.set_xlabel("RL step")
+        ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[7].axis("off")
-    axes[7].legend(loc="upper center", title="run", fontsize=9)
+    axes[legend].axis("off")
+    axes[legend].legend(loc="upper center", title="run", fontsize=9)
     same = coinciding(curves)
     notes = (["identical curves (drawn one over the other, told apart by dash and marker):"] + same if same else [])
     notes += [entropy_warning] if entropy_warning else []
     if notes:
-        axes[7].text(0.0, 0.0, "\n".join(textwrap.fill(n, 60) for n in notes), transform=axes[7].transAxes,
+        axes[legend].text(0.0, 0.0, "\n".join(textwrap.fill(n, 60) for n in notes), transform=axes[legend].transAxes,
                      fontsize=7.5, va="bottom", ha="left")
     fig.tight_layout()
     if os.path.dirname(out):
@@ -186,13 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="", help="the PNG to write (default: plot.png in the first run's directory, "
                         "e.g. runs/default/plot.png: never a file left in the checkout)")
     parser.add_argument("--window", type=int, default=10, help="steps in the running mean (default: 10)")
+    parser.add_argument("--x", choices=["auto", "step", "rollouts"], default="auto", help="the x axis: RL step, or "
+                        "rollouts generated so far (every allocation method at equal cost); auto (default): rollouts "
+                        "when every run logged them")
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error(f"--window must be >= 1, got {args.window}")
     try:
         out = args.out or os.path.join(args.runs[0], "plot.png")
-        print(os.path.abspath(plot_runs(args.runs, out, args.window)))
-    except (FileNotFoundError, ImportError) as e:
+        print(os.path.abspath(plot_runs(args.runs, out, args.window, args.x)))
+    except (FileNotFoundError, ImportError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 

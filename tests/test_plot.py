@@ -142,3 +142,21 @@ def test_the_entropy_panel_says_which_rows_each_run_averaged_over(tmp_path, monk
     # without a config.yaml, the rows tell: a run that skipped some rows averaged over the others
     assert plot.entropy_rows(str(tmp_path / "none"), [{"rows_skipped": 0.0}, {"rows_skipped": 0.25}]) == "advantage ≠ 0"
     assert plot.entropy_rows(str(tmp_path / "none"), [{"rows_skipped": 0.0}]) == "every row"
+
+
+def test_x_axis_is_rollouts_generated_when_every_run_logged_them(tmp_path):
+    a = fake_run(tmp_path / "a", steps=3)
+    rows = read_metrics(a)
+    assert plot.x_of(rows, "step") == {0: 0, 1: 1, 2: 2, 3: 3}
+    with pytest.raises(ValueError, match="--x step"):  # an older run without the counter
+        plot.plot_runs([str(a)], str(tmp_path / "p.png"), x="rollouts")
+    lines = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    total = 0
+    for r in lines:
+        if r["kind"] == "train":
+            total += 100 * r["step"]  # a method whose steps generate more and more
+            r["rollouts/generated_total"] = total
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert plot.x_of(read_metrics(a), "rollouts") == {0: 0, 1: 100, 2: 300, 3: 600}
+    pytest.importorskip("matplotlib")
+    assert os.path.exists(plot.plot_runs([str(a)], str(tmp_path / "p.png")))
