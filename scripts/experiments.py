@@ -4,6 +4,7 @@
     python scripts/experiments.py --aggregate-only      # tables and plots from the runs already on disk
     python scripts/experiments.py --quick --out /tmp/q  # 2 arms x 1 seed x 3 tiny steps (a smoke test)
     python scripts/experiments.py --comparison --out runs/comparison   # the paper's table: 9 arms x 3 rl_seeds
+    python scripts/experiments.py --allocation --out runs/allocation   # allocation methods at equal generated rollouts
 
 Every arm is `python train.py --config configs/<arm>.yaml seed=S out_dir=<out>/<arm>/seed<S>` with the
 same overrides, so learning rate, budget (prompts_per_step x rollouts_per_prompt rollouts per step),
@@ -244,6 +245,108 @@ def aggregate(out: str, arms: list[str], seeds: list[int], reference: str = "grp
     return result
 
 
+# ---------------------------------------------------------------------------------------------- --allocation
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
+
+
+def ci95(xs: list[float]) -> tuple[float, float, float]:
+    """Mean and a 95% t-interval (lower, upper) across seeds; nan bounds with one seed."""
+    m, se = mean_se(xs)
+    half = T95.get(len(xs) - 1, 1.96) * se if len(xs) > 1 else float("nan")
+    return m, m - half, m + half
+
+
+def rollout_curve(run: dict) -> dict:
+    """Held-out pass@1 against rollouts generated so far (0 at the start), and the run's rollout telemetry."""
+    total = {r["step"]: r["rollouts/generated_total"] for r in run["steps"]} | {0: 0}
+    evals = sorted(run["evals"], key=lambda r: r["step"])
+    x, acc = [total[r["step"]] for r in evals], [r["eval/accuracy"] for r in evals]
+    generated = sum(r["rollouts/generated"] for r in run["steps"])
+    informative = sum(r["rollouts/informative_frac"] * r["rollouts/generated"] for r in run["steps"])
+    return {"x": x, "acc": acc, "final": acc[-1], "auc": area_under_curve(x, acc), "generated": generated,
+            "trained": sum(r["rollouts/trained"] for r in run["steps"]), "informative": informative / generated,
+            "steps": len(run["steps"]), "rounds": _mean([r["rollouts/rounds"] for r in run["steps"]]),
+            "wall_s": run["summary"].get("wall_seconds", float("nan"))}
+
+
+def allocation_aggregate(out: str, arms: list[str], seeds: list[int], refs=("grpo", "default")) -> dict:
+    """Per arm: mean +- SE across seeds; paired (same rl_seed) differences of the final pass@1 and of the area
+    under pass@1 against generated rollouts, to GRPO and to DynaMO, with 95% t-intervals."""
+    runs = {(a, s): load_run(run_dir(out, a, s)) for a in arms for s in seeds}
+    done = {k: rollout_curve(v) for k, v in runs.items() if v is not None}
+    res = {"out": out, "arms": {}, "missing": [f"{a}/seed{s}" for (a, s), v in runs.items() if v is None]}
+    for a in arms:
+        ss = [s for s in seeds if (a, s) in done]
+        if not ss:
+            continue
+        c = [done[(a, s)] for s in ss]
+        e = {"seeds": ss, **{k: mean_se([x[k] for x in c]) for k in ("final", "auc", "generated", "trained",
+                                                                      "informative", "steps", "rounds", "wall_s")}}
+        points = min(len(x["x"]) for x in c)  # the evaluations every seed has: start, each 2,048, the end
+        e["curve"] = {"x": [_mean([x["x"][i] for x in c]) for i in range(points)],
+                      "acc": [mean_se([x["acc"][i] for x in c]) for i in range(points)]}
+        for ref in refs:
+            paired = [s for s in ss if (ref, s) in done and ref != a]
+            if paired:
+                e[f"final_minus_{ref}"] = ci95([done[(a, s)]["final"] - done[(ref, s)]["final"] for s in paired])
+                e[f"auc_minus_{ref}"] = ci95([done[(a, s)]["auc"] - done[(ref, s)]["auc"] for s in paired])
+        res["arms"][a] = e
+    return res
+
+
+def allocation_markdown(res: dict) -> str:
+    def ci(t):
+        return "—" if t is None else f"{t[0] * 100:+.1f} [{t[1] * 100:+.1f}, {t[2] * 100:+.1f}]"
+    lines = [f"Command: `{res['command']}`" + (f" (tables: `{res['aggregated_by']}`)" if "aggregated_by" in res else ""),
+             "", "| method | seeds | steps | generated | trained on | informative share of generated | rounds per step "
+             "| final pass@1 | − GRPO (paired, 95% CI) | − DynaMO | AUC | AUC − GRPO | AUC − DynaMO | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a, e in res["arms"].items():
+        lines.append(f"| {ARM_LABELS.get(a, a)} | {len(e['seeds'])} | {e['steps'][0]:.1f} | {e['generated'][0]:.0f} | "
+                     f"{e['trained'][0]:.0f} | {pm(e['informative'])} | {e['rounds'][0]:.2f} | **{pm(e['final'])}** | "
+                     f"{ci(e.get('final_minus_grpo'))} | {ci(e.get('final_minus_default'))} | {pm(e['auc'])} | "
+                     f"{ci(e.get('auc_minus_grpo'))} | {ci(e.get('auc_minus_default'))} | {e['wall_s'][0]:.0f} |")
+    lines += ["", "Mean ± SE across rl_seeds (same start, same held-out problems and evaluation seeds); differences in "
+              "points, each seed paired with the reference's run of the same seed, mean [95% t-interval]. AUC: held-out "
+              "pass@1 averaged over the generated rollouts (trapezoid over the evaluations, divided by the rollouts "
+              "covered). Informative: share of the generated rollouts in groups whose rewards were not all equal.", "",
+              "Held-out pass@1 against rollouts generated (mean across seeds; x: mean rollouts at that evaluation):", ""]
+    first = next(iter(res["arms"].values()), None)
+    if first:
+        lines.append("| method | " + " | ".join(f"eval {i}" for i in range(len(first["curve"]["x"]))) + " |")
+        lines.append("|---|" + "---|" * len(first["curve"]["x"]))
+        for a, e in res["arms"].items():
+            lines.append(f"| {ARM_LABELS.get(a, a)} | " + " | ".join(f"{pm(acc)} @ {x:.0f}" for x, acc in
+                                                                     zip(e["curve"]["x"], e["curve"]["acc"])) + " |")
+    if res["missing"]:
+        lines += ["", f"Missing (not finished): {', '.join(res['missing'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def allocation_plot(res: dict, out: str) -> list[str]:
+    try:
+        plt = pyplot()
+    except ImportError as e:
+        print(f"[plots] {e}: no PNG plots", flush=True)
+        return []
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for i, (a, e) in enumerate(res["arms"].items()):
+        m = [v[0] for v in e["curve"]["acc"]]
+        se = [0.0 if math.isnan(v[1]) else v[1] for v in e["curve"]["acc"]]
+        ax.errorbar(e["curve"]["x"], m, yerr=se, marker="os^vDP"[i % 6], ms=4, capsize=2,
+                    ls=["-", "--", "-.", ":"][i % 4], label=ARM_LABELS.get(a, a))
+    ax.set_xlabel("rollouts generated (all rounds, discarded ones included)")
+    ax.set_ylabel("held-out pass@1 (mean ± SE over rl_seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "acc_vs_generated.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 # ---------------------------------------------------------------------------------------------- reporting
 
 
@@ -418,7 +521,8 @@ def main() -> None:
     t0 = time.time()
     manifest = [] if args.aggregate_only else run_grid(args, overrides)
     wall = time.time() - t0
-    res = aggregate(args.out, args.arms, args.seeds, args.reference)
+    res = (allocation_aggregate(args.out, args.arms, args.seeds) if args.allocation
+           else aggregate(args.out, args.arms, args.seeds, args.reference))
     res.update({"command": command, "overrides": overrides, "seeds": args.seeds})
     if manifest:  # keep the wall time of the launch that trained the runs; --aggregate-only reuses it
         res.update({"runs": manifest, "grid_wall_s": round(wall, 1)})
@@ -430,12 +534,12 @@ def main() -> None:
             res.update({"command": old["command"], "aggregated_by": command})  # the command that trained the runs
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
-    md = markdown(res)
+    md = allocation_markdown(res) if args.allocation else markdown(res)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     finished = [run_dir(args.out, a, s) for s in args.seeds for a in args.arms
                 if os.path.exists(os.path.join(run_dir(args.out, a, s), "summary.json"))]
-    res_plots = plots(res, args.out, finished)
+    res_plots = allocation_plot(res, args.out) if args.allocation else plots(res, args.out, finished)
     print(md)
     print(f"wrote {args.out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in res_plots)
           + f" ({wall:.0f}s)")
