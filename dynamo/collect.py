@@ -190,9 +190,12 @@ class Filtered(Method):
         for k, res in enumerate(r.results):
             rewards = res.correct.tolist()
             out += [[(k, x) for x in rows] for rows in r.group_rows(res) if keep_group([rewards[x] for x in rows])]
-        if not out and r.results and r.results[-1].rnd.problems and not r.results[-1].rnd.idle:
-            # at the cap with no kept group on this rank: its last flat group (advantage 0, no gradient)
-            out = [[(len(r.results) - 1, x) for x in r.group_rows(r.results[-1])[0]]]
+        drawn = [k for k, res in enumerate(r.results) if not res.rnd.idle]
+        if not out and drawn:  # at the cap with no kept group on this rank: its last flat group (advantage 0)
+            out = [[(drawn[-1], x) for x in r.group_rows(r.results[drawn[-1]])[-1]]]
+        if not out:
+            raise SystemExit(f"step {r.step}: every prompt drawn in {len(r.results)} generation batches was skipped "
+                             "before rollout: nothing to train on (raise dapo.max_gen_batches or greso.floor)")
         return out[:self._share()]  # the first ones, in order; the surplus is dropped
 
 

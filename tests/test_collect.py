@@ -283,3 +283,29 @@ def test_two_ranks_run_the_same_rounds(method, tmp_path):
     rows = step_rows(out)
     assert sorted(rows) == [1, 2] and all(r["rollouts/trained"] == 16 for r in rows.values())
     assert all(r["rollouts/generated"] >= 16 for r in rows.values())
+
+
+def test_rows_of_several_rounds_keep_their_tokens_and_log_probs():
+    """Rows from two sample() calls (other prompt and response lengths), re-padded into one batch by
+    concat_rollouts, keep their tokens, masks and log-probs (padding has attention 0, positions skip it)."""
+    from dynamo.logprobs import response_token_stats
+    from dynamo.rollout import concat_rollouts, sample
+    from tests.helpers import tiny
+    model, tok = tiny()
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=6)
+    a = sample(model, tok, ["1 + 1 =", "23 + 45 + 6 ="], [2, 1], seeds=[1, 2], **kw)
+    b = sample(model, tok, ["7 ="], [2], seeds=[3], **kw)
+    pieces = [a.select(torch.tensor([2, 0]), torch.tensor([0, 1])), b.select(torch.tensor([1]), torch.tensor([2]))]
+    ro = concat_rollouts(pieces, tok.pad_token_id)
+    assert ro.prompt_index.tolist() == [0, 1, 2]
+    with torch.no_grad():
+        whole = response_token_stats(model, ro.input_ids, ro.attention_mask, ro.prompt_length)["logp"]
+        for row, (part, x) in enumerate([(a, 2), (a, 0), (b, 1)]):
+            own = response_token_stats(model, part.input_ids[x:x + 1], part.attention_mask[x:x + 1],
+                                       part.prompt_length)["logp"][0]
+            t = part.response_mask.shape[1]
+            assert torch.equal(ro.response_mask[row, :t], part.response_mask[x])
+            assert not ro.response_mask[row, t:].any()
+            assert torch.equal(ro.responses[row, :t], part.responses[x])
+            m = part.response_mask[x].bool()
+            assert torch.allclose(whole[row, :t][m], own[m], atol=1e-5)
