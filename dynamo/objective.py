@@ -202,9 +202,8 @@ class Objective:
         n = old.mask.shape[0]
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "minibatch", step, rank)))
         select_gen = torch.Generator().manual_seed(derive_seed(seed, "select", step, rank))  # Clip-Cov's pick
-        size = n // cfg.mini_batches
-        for k in range(cfg.mini_batches):
-            rows = perm[k * size:(k + 1) * size]
+        for k, rows in enumerate(torch.tensor_split(perm, cfg.mini_batches)):  # equal parts (a step that kept
+            # fewer groups, allocation: dapo at its cap, splits into parts one row apart)
             weights = token_weights(old.mask[rows], prompt_index[rows], cfg.loss.aggregation,
                                     dist.all_reduce_sum)  # (n_mb, T) the mini-batch's denominator, all ranks
             at = rows_to_run(old.live[rows], self.sharded)  # positions in `rows`
