@@ -84,7 +84,7 @@ class Method:
 
     @staticmethod
     def of(cfg) -> Method:
-        return {"dapo": Filtered, "greso": Greso, "knapsack": Knapsack, "reinforce_ada": ReinforceAda}.get(
+        return {"dapo": Dapo, "greso": Greso, "knapsack": Knapsack, "reinforce_ada": ReinforceAda}.get(
             cfg.allocation, Method)(cfg)
 
     def rounds(self, state, data, step: int) -> Rounds:
@@ -158,7 +158,7 @@ class Knapsack(Method):
         self.history.load_state_dict(state["knapsack"])
 
 
-class Filtered(Method):
+class Dapo(Method):
     """DAPO's dynamic sampling: generation batches of fresh prompts until this rank keeps its share of groups
     whose rewards are not all equal (the first ones, in order); at most dapo.max_gen_batches batches."""
 
@@ -199,7 +199,7 @@ class Filtered(Method):
         return out[:self._share()]  # the first ones, in order; the surplus is dropped
 
 
-class Greso(Filtered):
+class Greso(Dapo):
     """GRESO: DAPO's refill, where each drawn prompt is first skipped with a probability that grows with its
     streak of all-correct (or no-correct) groups; p_easy and p_hard move towards target zero-variance shares."""
 
