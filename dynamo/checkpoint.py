@@ -334,8 +334,8 @@ class StopRequest:
     current step with a checkpoint. A second Ctrl-C stops at once; further SIGTERMs (torchrun forwards
     the one it got to its workers) change nothing. Outside the main thread it installs nothing."""
 
-    def __init__(self, log=print):
-        self.signum, self.log, self._old = 0, log, {}
+    def __init__(self, log=print, out_dir: str = ""):
+        self.signum, self.log, self._old, self.out_dir = 0, log, {}, out_dir
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -361,7 +361,8 @@ class StopRequest:
     def exit(self, step: int, signum: int) -> None:
         """Leave the run after the checkpoint of `step` (every rank, with the agreed `signum`): exit status
         128 + the signal's number, as a shell reports a process the signal ended."""
-        self.log(f"interrupted at step {step}; resume with resume=auto")
+        self.log(f"interrupted at step {step}; resume with resume=auto"
+                 + (f" (the same command with resume=auto: out_dir={self.out_dir})" if self.out_dir else ""))
         self.restore()
         dist.shutdown()
         sys.exit(128 + signum)

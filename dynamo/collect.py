@@ -383,13 +383,16 @@ class Rounds:
         correct = torch.tensor([bool(self.results[k].correct[x]) for k, x, _ in parts], dtype=torch.bool)
         ro = self._rows(parts)
         rates = [self.pass_rates.get(p.prompt_id) for p in problems]
-        view = StepGather(counts, rates, [p.level for p in problems],
-                          [[1.0 if c else -1.0 for c in correct[ro.prompt_index == g].tolist()] for g in range(len(groups))])
+        group_rewards = [[1.0 if c else -1.0 for c in correct[ro.prompt_index == g].tolist()] for g in range(len(groups))]
+        view = StepGather(counts, rates, [p.level for p in problems], group_rewards)
         views = dist.all_gather_objects(view)
         m.generated += self.generated
         informative = sum(n for groups_ in self.rank_groups for gs in groups_ for n, k in gs if 0 < k < n)
+        per_prompt = [len(a) for a in self.answers.values()]  # rollouts generated per prompt drawn, all rounds
         telemetry = {"rollouts/generated": self.generated, "rollouts/generated_total": m.generated,
                      "rollouts/trained": sum(sum(v.counts) for v in views), "rollouts/rounds": len(self.results),
+                     "rollouts/per_prompt_min": min(per_prompt, default=0),
+                     "rollouts/per_prompt_max": max(per_prompt, default=0),
                      "rollouts/informative_frac": informative / max(self.generated, 1), **self.info, **m.end_step(self)}
         return Collected(problems, counts, ro, texts, correct, self.verifier, m.statistics(self), views, telemetry)
 

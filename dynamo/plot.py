@@ -8,7 +8,10 @@ training reward and accuracy (each step faint, the running mean over --window st
 response length, the fraction of zero-advantage groups, the allocation spread (most minus fewest rollouts any
 prompt got that step), how the step's groups were collected (rollouts generated and trained on, the
 informative share, generation rounds), the allocation methods' own quantities (GRESO's skips, p_easy and
-p_hard; Reinforce-Ada's exits) and the held-out pass@1 of the evaluation rows with its standard error. Each run has its own colour, dash pattern and markers,
+p_hard; Reinforce-Ada's exits; drawn only when a run logged them) and the held-out pass@1 of the evaluation
+rows with its standard error. Training reward and accuracy are over the rows a run trained on: dapo, greso and
+reinforce_ada choose those from what they generate, and the legend says so when they sit beside other runs.
+Each run has its own colour, dash pattern and markers,
 so a run whose curve coincides with another's stays visible, and the legend names the runs that coincide.
 The entropy panel says which rows each run's entropy is a mean over: a run that skips zero-advantage rows
 (skip_zero_advantage, read from its config.yaml) averages over the other rows only, which is not comparable
@@ -37,8 +40,9 @@ TRAIN_PANELS = [
     ("entropy", "nats per response token", _field("entropy"), False),
     ("response length", "tokens per rollout", _field("response_length"), False),
     ("zero-advantage groups", "fraction of prompts", _field("zero_adv_groups"), False),
-    ("allocation spread", "max − min rollouts per prompt",
-     lambda r: r.get("alloc/count_max", float("nan")) - r.get("alloc/count_min", float("nan")), False),
+    ("allocation spread", "max − min rollouts generated per prompt", lambda r: (
+        r["rollouts/per_prompt_max"] - r["rollouts/per_prompt_min"] if "rollouts/per_prompt_max" in r
+        else r.get("alloc/count_max", float("nan")) - r.get("alloc/count_min", float("nan"))), False),
     # how the step's groups were collected (dynamo/collect.py): every allocation method logs these
     ("rollouts generated per step", "rollouts (all ranks)", _field("rollouts/generated"), False),
     ("rollouts trained on per step", "rollouts (all ranks)", _field("rollouts/trained"), False),
@@ -52,6 +56,8 @@ TRAIN_PANELS = [
      _field("reinforce_ada/exited_frac"), False),
 ]
 X_AXES = {"step": "RL step", "rollouts": "rollouts generated so far (all ranks)"}
+OPTIONAL = {t for t, *_ in TRAIN_PANELS[10:]}  # drawn only when some run logged them
+SELECTS_ROWS = ("dapo", "greso", "reinforce_ada")  # methods that train on chosen rows of what they generate
 
 
 def pyplot():
@@ -106,10 +112,10 @@ def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(x == y or (x != x and y != y) for x, y in zip(a, b))  # nan equals nan here
 
 
-def coinciding(curves: dict[str, list[tuple[list, list]]]) -> list[str]:
+def coinciding(curves: dict[str, list[tuple[list, list]]], panels: list | None = None) -> list[str]:
     """'a = b: reward, entropy' for each pair of runs whose curves are identical in some panels ({run: [(steps,
-    values) per panel]}, panels in TRAIN_PANELS order, then held-out pass@1)."""
-    titles = [t for t, *_ in TRAIN_PANELS] + ["held-out pass@1"]
+    values) per panel]}, panels in `panels` (default TRAIN_PANELS) order, then held-out pass@1)."""
+    titles = [t for t, *_ in (panels or TRAIN_PANELS)] + ["held-out pass@1"]
     names, notes = list(curves), []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -145,6 +151,25 @@ def entropy_note(bases: dict[str, str]) -> tuple[str, str]:
             "(skip_zero_advantage) leave them out, so the gap between the groups is partly an artefact")
 
 
+def allocation_of(run_dir: str) -> str:
+    """The run's `allocation` (its config.yaml), or '' when it cannot be read."""
+    from dynamo.config import ConfigError, load_config
+    try:
+        return load_config(["--config", os.path.join(run_dir, "config.yaml")]).allocation
+    except (ConfigError, OSError):
+        return ""
+
+
+def reward_note(methods: dict[str, str]) -> str:
+    """A note when some runs' training reward and accuracy are over rows their allocation chose (dapo, greso and
+    reinforce_ada train on chosen groups or rows of what they generate) and others' over every rollout."""
+    chosen = [n for n, m in methods.items() if m in SELECTS_ROWS]
+    if not chosen or len(chosen) == len(methods) and len({methods[n] for n in chosen}) == 1:
+        return ""
+    return (f"training reward and accuracy are over the rows each run trained on, which {', '.join(chosen)} chose "
+            "from what they generated: not comparable across these methods; compare held-out pass@1")
+
+
 def x_of(rows: dict, x: str) -> dict:
     """{step: x value}: the step itself, or the rollouts generated up to and including it (0 at step 0)."""
     if x == "step":
@@ -158,25 +183,28 @@ def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10, x: str =
     FileNotFoundError names a directory without metrics.jsonl, ImportError says matplotlib is missing."""
     runs = {name: read_metrics(d) for name, d in zip(run_names(dirs), dirs)}  # every directory checked first
     bases = {name: entropy_rows(d, runs[name]["train"]) for name, d in zip(runs, dirs)}
-    logged = all(rows["train"] and all("rollouts/generated_total" in r for r in rows["train"]) for rows in runs.values())
+    logged = all(rows["train"] and all("rollouts/generated_total" in r for r in rows["train"])
+                 for rows in runs.values())
     if x == "rollouts" and not logged:
         raise ValueError("--x rollouts: a run here has no rollouts/generated_total in its metrics.jsonl (an older "
                          "run): use --x step")
     x = ("rollouts" if logged else "step") if x == "auto" else x
+    panels = [p for p in TRAIN_PANELS if p[0] not in OPTIONAL or any(
+        p[2](r) == p[2](r) for rows in runs.values() for r in rows["train"])]  # a method's own panels if logged
     plt = pyplot()
     cols = 4
-    fig, axes = plt.subplots((len(TRAIN_PANELS) + 2 + cols - 1) // cols, cols,
-                             figsize=(17, 3.75 * ((len(TRAIN_PANELS) + 2 + cols - 1) // cols)))
+    n_rows = (len(panels) + 2 + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(17, 3.75 * n_rows), squeeze=False)
     axes = list(axes.flat)  # the training panels, held-out accuracy, the legend
-    for ax in axes[len(TRAIN_PANELS) + 2:]:
+    for ax in axes[len(panels) + 2:]:
         ax.axis("off")
-    at, legend = len(TRAIN_PANELS), len(TRAIN_PANELS) + 1
+    at, legend = len(panels), len(panels) + 1
     curves: dict[str, list] = {}
     for i, (name, rows) in enumerate(runs.items()):
         to_x = x_of(rows, x)
         steps = [to_x[r["step"]] for r in rows["train"]]
         look, curves[name] = style(i, len(steps)), []
-        for ax, (_, _, value, smooth) in zip(axes, TRAIN_PANELS):
+        for ax, (_, _, value, smooth) in zip(axes, panels):
             ys = [value(r) for r in rows["train"]]
             if smooth:  # per-step batch means are noisy: the trend is the running mean
                 ax.plot(steps, ys, color=look["color"], alpha=0.25, lw=0.8)
@@ -190,7 +218,7 @@ def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10, x: str =
         axes[legend].plot([], [], lw=1.4, label=name, **{**look, "markevery": None})  # the legend's entry only
     entropy_title, entropy_warning = entropy_note(bases)
     titles = [((entropy_title if t == "entropy" else t) + (f" (running mean over {window})" if smooth else ""), y)
-              for t, y, _, smooth in TRAIN_PANELS]
+              for t, y, _, smooth in panels]
     for ax, (title, ylabel) in zip(axes, titles + [("held-out pass@1 (± SE), or the eval_data mean", "pass@1")]):
         ax.set_title(title, fontsize=10, color="C3" if title.startswith("entropy: NOT") else "black")
         ax.set_xlabel(X_AXES[x])
@@ -198,9 +226,11 @@ def plot_runs(dirs: list[str], out: str = "plot.png", window: int = 10, x: str =
         ax.grid(alpha=0.3)
     axes[legend].axis("off")
     axes[legend].legend(loc="upper center", title="run", fontsize=9)
-    same = coinciding(curves)
+    same = coinciding(curves, panels)
     notes = (["identical curves (drawn one over the other, told apart by dash and marker):"] + same if same else [])
     notes += [entropy_warning] if entropy_warning else []
+    rewards = reward_note({name: allocation_of(d) for name, d in zip(runs, dirs)})
+    notes += [rewards] if rewards else []
     if notes:
         axes[legend].text(0.0, 0.0, "\n".join(textwrap.fill(n, 60) for n in notes), transform=axes[legend].transAxes,
                      fontsize=7.5, va="bottom", ha="left")

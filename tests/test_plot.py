@@ -160,3 +160,19 @@ def test_x_axis_is_rollouts_generated_when_every_run_logged_them(tmp_path):
     assert plot.x_of(read_metrics(a), "rollouts") == {0: 0, 1: 100, 2: 300, 3: 600}
     pytest.importorskip("matplotlib")
     assert os.path.exists(plot.plot_runs([str(a)], str(tmp_path / "p.png")))
+
+
+def test_reward_note_when_methods_choose_their_training_rows():
+    assert "dapo" in plot.reward_note({"dapo": "dapo", "default": "dynamo"})
+    assert plot.reward_note({"grpo": "uniform", "default": "dynamo"}) == ""
+    assert plot.reward_note({"a": "greso", "b": "greso"}) == ""  # like with like
+    assert "a, b" in plot.reward_note({"a": "greso", "b": "reinforce_ada"})
+
+
+def test_method_panels_only_when_logged():
+    rows = {"train": [{"step": 1, "greso/p_easy": 0.5}], "eval": []}
+    p_easy = next(p for p in plot.TRAIN_PANELS if p[0] == "p_easy (greso)")
+    assert p_easy[0] in plot.OPTIONAL and p_easy[2](rows["train"][0]) == 0.5
+    spread = next(p for p in plot.TRAIN_PANELS if p[0] == "allocation spread")[2]
+    assert spread({"rollouts/per_prompt_max": 32, "rollouts/per_prompt_min": 8, "alloc/count_max": 8,
+                   "alloc/count_min": 8}) == 24  # what was generated per prompt, not the trained rows
