@@ -476,7 +476,9 @@ def load_config(argv: list[str], cls=None, check=None):
         elif "=" in arg:
             overrides.append(arg[2:] if arg.startswith("--") else arg)
         else:
-            raise ConfigError(f"cannot read argument {arg!r}: use --config FILE and key=value overrides")
+            hint = (f" (write {arg.lstrip('-')}={args[0]}: a key and its value in one argument)"
+                    if arg.startswith("--") and args and "=" not in args[0] and not args[0].startswith("-") else "")
+            raise ConfigError(f"cannot read argument {arg!r}: use --config FILE and key=value overrides{hint}")
     if path is not None:
         for file, doc in _read_yaml_chain(path):
             try:

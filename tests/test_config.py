@@ -188,3 +188,12 @@ def test_print_config_is_the_yaml_train_py_saves():
                          timeout=60)
     assert res.returncode == 0 and res.stdout == dump(load_config(["--config", MAIN_CONFIG, "steps=3"]))
     assert yaml.safe_load(res.stdout)["out_dir"] == os.path.join("runs", "default")
+
+
+def test_a_key_and_its_value_apart_get_the_one_argument_form():
+    from dynamo.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"write steps=10: a key and its value in one argument"):
+        load_config(["--steps", "10"])
+    with pytest.raises(ConfigError, match=r"cannot read argument 'oops'") as e:
+        load_config(["oops"])
+    assert "write" not in str(e.value)
