@@ -122,6 +122,13 @@ def warm_up(cfg, device, log=print):
         log(f"[warmup] reusing cached model {path} ({describe(info)}; settings in its warmup.json). "
             f"Delete that directory to train it again")
         return model.to(device), tokenizer, info
+    shipped = (_read_info(SHIPPED) or {}).get("settings")
+    if cfg.warmup.shipped and shipped:  # say why the shipped start does not serve, before minutes of training
+        ours = settings(cfg)
+        differ = [k for k in ours if shipped.get(k) != ours[k]]
+        log(f"[warmup] the shipped warmed start was made with other values of {', '.join(differ) or 'its settings'} "
+            f"(the warm-up depends on seed, task_levels, eval_prompts, rollout.max_new_tokens and warmup.*): "
+            f"training one for these settings now, cached in {path}; rl_seed varies the RL phase on the shipped start")
     model, tokenizer, info = train(cfg, device, log)
     save(model, tokenizer, info, path)
     log(f"[warmup] cached {path}")

@@ -51,8 +51,13 @@ def test_the_shipped_start_is_used_only_for_its_own_settings(monkeypatch, tmp_pa
     for other in (["seed=1"], ["warmup.shipped=false"], ["eval_prompts=128"], ["task_levels=[add1, add2]"]):
         cfg = load_config(["--config", os.path.join(ROOT, "configs", "default.yaml"), f"warmup.cache_dir={tmp_path}",
                            *other])
+        said = []
         with pytest.raises(LookupError):
-            warmup.warm_up(cfg, torch.device("cpu"))
+            warmup.warm_up(cfg, torch.device("cpu"), log=said.append)
+        name = other[0].split("=")[0].replace("task_levels", "levels")
+        # before training, one line says why the shipped start does not serve (not with warmup.shipped=false)
+        assert (said == []) if name == "warmup.shipped" else (
+            len(said) == 1 and f"other values of {name}" in said[0] and "rl_seed" in said[0])
 
 
 def test_a_warm_up_that_stays_below_the_window_stops_and_says_what_to_change(tmp_path):
