@@ -49,8 +49,7 @@ def main(argv: list[str]) -> None:
     metrics_file, samples_file = open_logs(cfg, state.step + 1, argv)  # rank 0's (+ `loggers`); None elsewhere
     log(objective.describe())
     run_eval = functools.partial(evaluate_run, cfg, model, tokenizer, data, log=log, metrics_file=metrics_file)
-    stop_request = checkpoint.StopRequest(log, cfg.out_dir)  # from here on Ctrl-C / SIGTERM: finish the step,
-    # checkpoint, exit
+    stop_request = checkpoint.StopRequest(log, cfg.out_dir)  # Ctrl-C / SIGTERM: end the step, checkpoint, exit
     if state.first_eval is None and state.first_benchmarks is None:
         state.first_eval, state.first_benchmarks = run_eval(0)
     draw = functools.partial(sample, model, tokenizer, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
