@@ -487,18 +487,13 @@ def main() -> None:
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     overrides = list(args.overrides)
-    if args.comparison:
-        if args.arms == ARMS:
-            args.arms = PAPER_ARMS
-        args.seed_key = "rl_seed"
-        given = {o.split("=", 1)[0] for o in overrides}
-        overrides = [o for o in COMPARISON if o.split("=", 1)[0] not in given] + overrides
-    if args.allocation:
-        if args.arms == ARMS:
-            args.arms = ALLOCATION_ARMS
-        args.seed_key = "rl_seed"
-        given = {o.split("=", 1)[0] for o in overrides}
-        overrides = [o for o in ALLOCATION if o.split("=", 1)[0] not in given] + overrides
+    for on, arms, settings in ((args.comparison, PAPER_ARMS, COMPARISON), (args.allocation, ALLOCATION_ARMS, ALLOCATION)):
+        if on:  # a grid of its own arms, seeds to rl_seed, its settings unless the command line gives them
+            if args.arms == ARMS:
+                args.arms = arms
+            args.seed_key = "rl_seed"
+            given = {o.split("=", 1)[0] for o in overrides}
+            overrides = [o for o in settings if o.split("=", 1)[0] not in given] + overrides
     if args.quick:
         if args.arms == ARMS:
             args.arms = ["grpo", "default"]
