@@ -136,7 +136,7 @@ def finish(cfg, argv, state, run_eval, stop_request, log, t_main: float, t_start
         log(f"saved {path} ({time.time() - t_start:.0f}s of RL)")
         first = state.first_benchmarks or {}
         summarise(state.first_eval, last_eval, cfg.out_dir,
-                  {**run_identity(argv, cfg), "wall_seconds": round(time.time() - t_main, 1)},
+                  {**run_identity(argv, cfg), "steps_run": state.step, "wall_seconds": round(time.time() - t_main, 1)},
                   benchmarks={n: (first[n], r) for n, r in last_bench.items() if n in first})
     stop_request.restore()
     dist.shutdown()

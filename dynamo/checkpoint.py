@@ -362,7 +362,8 @@ class StopRequest:
         """Leave the run after the checkpoint of `step` (every rank, with the agreed `signum`): exit status
         128 + the signal's number, as a shell reports a process the signal ended."""
         self.log(f"interrupted at step {step}; resume with resume=auto"
-                 + (f" (the same command with resume=auto: out_dir={self.out_dir})" if self.out_dir else ""))
+                 + (f": the same command plus resume=auto continues from {self.out_dir}/checkpoints" if self.out_dir
+                    else ""))
         self.restore()
         dist.shutdown()
         sys.exit(128 + signum)

@@ -182,6 +182,9 @@ class Dapo(Method):
     def pre_skip(self, r: Rounds, pool: list) -> list:
         return pool
 
+    def end_step(self, r: Rounds) -> dict:
+        return {"dapo/cap_hit": r.info.get("dapo/cap_hit", 0)}
+
     def _share(self) -> int:
         return self.cfg.prompts_per_step // dist.world_size()
 
@@ -229,7 +232,8 @@ class Greso(Dapo):
             self.p_easy = adapt(self.p_easy, easy, g.target_zero_variance / 3, g.adapt_step, g.p_min, g.p_max)
             self.p_hard = adapt(self.p_hard, hard, g.target_zero_variance * 2 / 3, g.adapt_step, g.p_min, g.p_max)
         return {"greso/p_easy": self.p_easy, "greso/p_hard": self.p_hard, "greso/easy_frac": easy,
-                "greso/hard_frac": hard, "greso/epoch": r.state.order.epoch}
+                "greso/hard_frac": hard, "greso/epoch": r.state.order.epoch,
+                "rollouts/prompts_skipped": r.info.get("rollouts/prompts_skipped", 0), **super().end_step(r)}
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"p_easy": self.p_easy, "p_hard": self.p_hard}

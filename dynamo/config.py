@@ -62,17 +62,21 @@ class AllocatorConfig:
 
 @dataclass
 class DapoConfig:  # allocation: dapo (and greso's refill); docs/COMPARISON.md, "Prompt allocation"
-    gen_batch_size: int = 0  # prompts per generation batch; 0 = prompts_per_step (the official scripts draw 3x)
-    max_gen_batches: int = 10  # most generation batches per step (official scripts: 10; 0 = no limit)
-    at_cap: str = "train"  # when the cap is hit short of prompts_per_step kept groups: 'train' on those kept
-    # (dapo/cap_hit logs it) | 'stop' the run with the official error
+    gen_batch_size: int = 0  # dapo and greso: prompts per generation batch; 0 = prompts_per_step (the official
+    # scripts draw 3x)
+    max_gen_batches: int = 10  # dapo and greso: most generation batches per step (official scripts: 10; 0 = no limit)
+    at_cap: str = "train"  # dapo and greso, at the cap short of prompts_per_step kept groups: 'train' on those
+    # kept (dapo/cap_hit logs it) | 'stop' the run with the official error
 
 
 @dataclass
 class GresoConfig:  # allocation: greso (official values)
-    p_easy: float = 0.5  # start of the easy keep-probability base (skip: 1 - max(p_easy^streak, floor))
-    p_hard: float = 0.5  # start of the hard one
-    target_zero_variance: float = 0.25  # zero-variance share aimed at: easy target / 3, hard target * 2 / 3
+    p_easy: float = 0.5  # start value: a prompt whose last z groups were all correct is skipped with probability
+    # 1 - max(p_easy^z, floor)
+    p_hard: float = 0.5  # start value: a prompt whose last z groups had no correct answer is skipped with
+    # probability 1 - max(p_hard^z, floor)
+    target_zero_variance: float = 0.25  # zero-variance share of a step's groups aimed at: p_easy moves to keep the
+    # all-correct share at this / 3, p_hard the no-correct share at this * 2 / 3
     adapt_step: float = 0.01  # move of p_easy, p_hard after each step (from the second epoch on)
     p_min: float = 0.05  # lower bound of p_easy, p_hard
     p_max: float = 0.95  # upper bound of p_easy, p_hard
@@ -85,7 +89,8 @@ class KnapsackConfig:  # allocation: knapsack (official values)
     max_n: int = 128  # most rollouts the programme gives a prompt (the fallback's excess may exceed it)
     min_history: int = 8  # rollouts seen before a prompt has an estimate (fewer: it gets rollouts_per_prompt)
     recent: int = 16  # the estimate: its latest group's mean reward, or its `recent` latest rewards' if fewer
-    alpha: float = 0.9  # cost estimate: rollouts for a group that is not all equal with probability alpha
+    alpha: float = 0.9  # a prompt's estimated need: rollouts for its group to be not all equal with probability
+    # alpha, ln(1 - alpha) / ln max(p, 1 - p) (the fallback compares their sum with the remainder)
 
 
 @dataclass
@@ -188,7 +193,8 @@ class Config:
     rollouts_per_prompt: int = 8  # n: nominal rollouts per prompt; the step budget is P * n
     allocation: str = "dynamo"  # 'dynamo' (docs/ALGORITHM.md §2-3) | 'uniform' (GRPO) | 'oracle' (measurement only)
     # | the field's methods (docs/COMPARISON.md, "Prompt allocation"): 'dapo' | 'greso' | 'knapsack' | 'reinforce_ada'
-    rollout_budget: int = 0  # stop after the step at which this many rollouts were generated in all (0: run `steps`)
+    rollout_budget: int = 0  # stop after the step at which this many rollouts were generated in all, every round
+    # and rank (the last step may overshoot; `steps` still caps the run); 0: run `steps` steps
     mini_batches: int = 1  # optimiser steps per RL step (the rollouts are split evenly)
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation, same result)
     logprob_chunk: int = 1024  # most response positions per LM-head block in log-probs/entropy (memory bound;
@@ -334,7 +340,8 @@ def _check_methods(cfg: Config) -> None:
     for section, methods in uses.items():  # a section set for another method would do nothing
         if cfg.allocation not in methods and to_dict(getattr(cfg, section)) != to_dict(type(getattr(cfg, section))()):
             raise ConfigError(f"config section '{section}' acts only with allocation={' or '.join(methods)}, and "
-                              f"allocation is {cfg.allocation!r}")
+                              f"allocation is {cfg.allocation!r}: drop the {section}.* keys or set allocation="
+                              f"{methods[-1]}")
     rules = [("dapo.gen_batch_size", d.gen_batch_size >= 0, ">= 0 (0: prompts_per_step)"),
              ("dapo.max_gen_batches", d.max_gen_batches >= 0, ">= 0 (0: no limit)"),
              ("greso.p_easy", 0 < g.p_easy <= 1, "in (0, 1]"), ("greso.p_hard", 0 < g.p_hard <= 1, "in (0, 1]"),

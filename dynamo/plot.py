@@ -166,8 +166,9 @@ def reward_note(methods: dict[str, str]) -> str:
     chosen = [n for n, m in methods.items() if m in SELECTS_ROWS]
     if not chosen or len(chosen) == len(methods) and len({methods[n] for n in chosen}) == 1:
         return ""
-    return (f"training reward and accuracy are over the rows each run trained on, which {', '.join(chosen)} chose "
-            "from what they generated: not comparable across these methods; compare held-out pass@1")
+    return (f"training reward, accuracy, zero-advantage groups and entropy are over the rows each run trained on, "
+            f"which {', '.join(chosen)} chose from what they generated: not comparable across these methods; "
+            "compare held-out pass@1")
 
 
 def x_of(rows: dict, x: str) -> dict:
