@@ -264,10 +264,12 @@ class ReinforceAda(Method):
 
     def kept(self, r: Rounds) -> list[list[tuple[int, int]]]:
         """One group per prompt of the step: n of its samples over the rounds (training_group's choice)."""
-        a, out = self.cfg.reinforce_ada, []
+        a, out, drawn_of = self.cfg.reinforce_ada, [], {}  # drawn_of: pool index -> its (round, row)s, in order
+        for k, res in enumerate(r.results):
+            for x, j in enumerate([] if res.rnd.idle else res.ro.prompt_index.tolist()):
+                drawn_of.setdefault(res.rnd.pool[j], []).append((k, x))
         for i in r.step_pool:
-            drawn = [(k, x) for k, res in enumerate(r.results) if not res.rnd.idle
-                     for x, j in enumerate(res.ro.prompt_index.tolist()) if res.rnd.pool[j] == i]  # in order drawn
+            drawn = drawn_of[i]
             correct = [bool(r.results[k].correct[x]) for k, x in drawn]
             out.append([drawn[c] for c in training_group(correct, self.n, self._exited(r, i), a.exit)])
         return out
